@@ -1,0 +1,1 @@
+"""Preference data: synthetic tasks with known ground truth (`jaxpref.data.synthetic`)."""
