@@ -139,8 +139,8 @@ def optimal_policy_logits(bandit: PreferenceBandit, *, beta: float):
     Example:
       >>> import jax, jax.numpy as jnp
       >>> b = PreferenceBandit(jnp.array([[0.0, 1.0]]), jnp.zeros((1, 2)))
-      >>> print(jnp.exp(optimal_policy_logits(b, beta=1.0)).round(4))
-      [[0.2689 0.7311]]
+      >>> print([round(float(p), 4) for p in jnp.exp(optimal_policy_logits(b, beta=1.0))[0]])
+      [0.2689, 0.7311]
     """
     return jax.nn.log_softmax(
         jax.nn.log_softmax(bandit.ref_logits, axis=-1) + bandit.gold_reward / beta, axis=-1
