@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import jax
 
-from jaxpref.losses import _pairwise
+from jaxpref.losses import _pairwise, _reference_free
 
 __all__ = ["LossInfo", "call", "get", "info", "names", "register"]
 
@@ -241,6 +241,12 @@ def _invoke(
             f"Loss {record.name!r} got unknown hyperparameter(s) {', '.join(unknown)}; "
             f"valid hyperparameters: {valid}."
         )
+    required = sorted(k for k, v in record.hyperparameters.items() if v is inspect.Parameter.empty)
+    absent = [k for k in required if k not in hparams]
+    if absent:
+        raise TypeError(
+            f"Loss {record.name!r} needs hyperparameter(s) {', '.join(absent)} (no default)."
+        )
     args = [chosen_logps, rejected_logps]
     if record.needs_reference:
         missing = [
@@ -354,6 +360,15 @@ def _register_builtins() -> None:
             needs_lengths=needs_lengths,
             margin_based=margin_based,
         )
+    rf = _reference_free
+    # Reference-free losses beyond TRL's DPO `loss_type`s (TRL's CPO / ORPO trainers).
+    for name, fn in (
+        ("simpo", rf.simpo_loss),
+        ("alphapo", rf.alphapo_loss),
+        ("cpo", rf.cpo_loss),
+        ("orpo", rf.orpo_sft_loss),
+    ):
+        register(name, fn, needs_reference=False, needs_lengths=True)
 
 
 _register_builtins()

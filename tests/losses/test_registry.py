@@ -1,5 +1,7 @@
 """Tests of the loss registry, including a table test over every registered loss."""
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -182,8 +184,23 @@ def _random_inputs(seed, shape):
     return [jnp.asarray(x, jnp.float32) for x in logps], [jnp.asarray(x) for x in lengths]
 
 
+# Values for hyperparameters that have no default (e.g. AlphaPO's reward-shape exponent).
+_REQUIRED_HPARAMS = {"alpha": 0.25}
+
+
 def _call(name, c, r, rc, rr, lc, lr):
-    return jl.call(name, c, r, rc, rr, chosen_lengths=lc, rejected_lengths=lr)
+    required = {
+        k: _REQUIRED_HPARAMS[k]
+        for k, v in jl.info(name).hyperparameters.items()
+        if v is inspect.Parameter.empty
+    }
+    return jl.call(name, c, r, rc, rr, chosen_lengths=lc, rejected_lengths=lr, **required)
+
+
+def test_missing_required_hyperparameter_is_named():
+    (c, r, _, _), (lc, lr) = _random_inputs(0, (5,))
+    with pytest.raises(TypeError, match=r"alphapo.*alpha"):
+        jl.call("alphapo", c, r, chosen_lengths=lc, rejected_lengths=lr)
 
 
 @pytest.mark.parametrize("name", jl.names())
