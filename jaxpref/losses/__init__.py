@@ -1,16 +1,171 @@
 """Preference objectives as pure functions on arrays.
 
 Per-example atoms return unreduced values (`[B]` per pair, or `[B, T]` per token); objectives
-return `(scalar, Aux)`. Nothing here imports Flax, orbax, grain or tfds.
+return `(scalar, Aux)`. The registry (`names`, `get`, `info`, `call`, `register`) maps TRL's
+`loss_type` names (and a few more) to functions for configs and command lines. Nothing here imports
+Flax, orbax, grain or tfds.
 """
 
-from jaxpref.losses._anyloss import *  # noqa: F403
-from jaxpref.losses._cpl import *  # noqa: F403
-from jaxpref.losses._modifiers import *  # noqa: F403
-from jaxpref.losses._objectives import *  # noqa: F403
-from jaxpref.losses._pairwise import *  # noqa: F403
-from jaxpref.losses._reference_free import *  # noqa: F403
-from jaxpref.losses._registry import *  # noqa: F403
-from jaxpref.losses._reward_model import *  # noqa: F403
-from jaxpref.losses._token import *  # noqa: F403
-from jaxpref.losses._unpaired import *  # noqa: F403
+from jaxpref.losses._anyloss import (
+    SoftConfusionMatrix,
+    amplify,
+    anyloss_accuracy,
+    anyloss_balanced_accuracy,
+    anyloss_f_beta,
+    anyloss_gmean,
+    soft_confusion_matrix,
+)
+from jaxpref.losses._cpl import (
+    CplAux,
+    cpl_bc_regularizer,
+    cpl_kl_loss,
+    cpl_loss,
+    cpl_loss_from_scores,
+    cpl_objective,
+    cpl_rank_loss,
+    cpl_segment_scores,
+)
+from jaxpref.losses._modifiers import (
+    alpha_divergence_link,
+    combine_losses,
+    f_divergence_link,
+    forward_kl_link,
+    js_divergence_link,
+    ld_sequence_logps,
+    log_sum_squared_probs,
+    reverse_kl_link,
+    with_f_divergence,
+    wpo_weights,
+)
+from jaxpref.losses._objectives import (
+    PreferenceAux,
+    multi_objective,
+    preference_objective,
+)
+from jaxpref.losses._pairwise import (
+    aot_loss,
+    aot_unpaired_loss,
+    apo_down_loss,
+    apo_zero_loss,
+    bco_pair_loss,
+    cdpo_loss,
+    discopop_loss,
+    dpo_loss,
+    exo_pair_loss,
+    hinge_loss,
+    ipo_loss,
+    nca_pair_loss,
+    robust_dpo_loss,
+    sft_loss,
+    sigmoid_norm_loss,
+    sppo_hard_loss,
+)
+from jaxpref.losses._reference_free import (
+    alphapo_loss,
+    alphapo_reward,
+    cpo_loss,
+    orpo_log_odds_ratio,
+    orpo_loss,
+    orpo_sft_loss,
+    simpo_loss,
+)
+from jaxpref.losses._registry import (
+    LossInfo,
+    call,
+    get,
+    info,
+    names,
+    register,
+)
+from jaxpref.losses._reward_model import (
+    bradley_terry_loss,
+    harmonic_reward,
+    plackett_luce_loss,
+    ranking_hinge_loss,
+)
+from jaxpref.losses._token import (
+    implicit_reward_margins,
+    paired_implicit_reward_margins,
+    rto_token_rewards,
+    sequence_implicit_rewards,
+    token_credit,
+    token_implicit_rewards,
+)
+from jaxpref.losses._unpaired import (
+    apo_zero_unpaired_loss,
+    kto_kl_estimate,
+    kto_loss,
+)
+
+__all__ = [
+    "CplAux",
+    "LossInfo",
+    "PreferenceAux",
+    "SoftConfusionMatrix",
+    "alpha_divergence_link",
+    "alphapo_loss",
+    "alphapo_reward",
+    "amplify",
+    "anyloss_accuracy",
+    "anyloss_balanced_accuracy",
+    "anyloss_f_beta",
+    "anyloss_gmean",
+    "aot_loss",
+    "aot_unpaired_loss",
+    "apo_down_loss",
+    "apo_zero_loss",
+    "apo_zero_unpaired_loss",
+    "bco_pair_loss",
+    "bradley_terry_loss",
+    "call",
+    "cdpo_loss",
+    "combine_losses",
+    "cpl_bc_regularizer",
+    "cpl_kl_loss",
+    "cpl_loss",
+    "cpl_loss_from_scores",
+    "cpl_objective",
+    "cpl_rank_loss",
+    "cpl_segment_scores",
+    "cpo_loss",
+    "discopop_loss",
+    "dpo_loss",
+    "exo_pair_loss",
+    "f_divergence_link",
+    "forward_kl_link",
+    "get",
+    "harmonic_reward",
+    "hinge_loss",
+    "implicit_reward_margins",
+    "info",
+    "ipo_loss",
+    "js_divergence_link",
+    "kto_kl_estimate",
+    "kto_loss",
+    "ld_sequence_logps",
+    "log_sum_squared_probs",
+    "multi_objective",
+    "names",
+    "nca_pair_loss",
+    "orpo_log_odds_ratio",
+    "orpo_loss",
+    "orpo_sft_loss",
+    "paired_implicit_reward_margins",
+    "plackett_luce_loss",
+    "preference_objective",
+    "ranking_hinge_loss",
+    "register",
+    "reverse_kl_link",
+    "robust_dpo_loss",
+    "rto_token_rewards",
+    "sequence_implicit_rewards",
+    "sft_loss",
+    "sigmoid_norm_loss",
+    "simpo_loss",
+    "soft_confusion_matrix",
+    "sppo_hard_loss",
+    "token_credit",
+    "token_implicit_rewards",
+    "with_f_divergence",
+    "wpo_weights",
+]
