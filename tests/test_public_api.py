@@ -53,7 +53,9 @@ def test_all_lists_only_existing_names():
             assert hasattr(module, name), f"{module.__name__}.__all__ names missing {name!r}"
 
 
-@pytest.mark.parametrize("package", ["jaxpref.losses", "jaxpref.logprobs"])
+@pytest.mark.parametrize(
+    "package", ["jaxpref.losses", "jaxpref.logprobs", "jaxpref.bellman", "jaxpref.envs"]
+)
 def test_bottom_layer_imports_no_framework(package):
     code = (
         f"import sys, {package}\n"
