@@ -1,4 +1,4 @@
-"""Synthetic preference tasks with a known gold reward and a closed-form optimum.
+"""Tabular contextual preference bandit with a known gold reward and a closed-form optimum.
 
 `PreferenceBandit` is the contextual-bandit form of preference learning: prompts `x`, a finite set
 of responses `a`, a gold reward `r*(x, a)` and a reference policy `pi_ref(a | x)`. Preference pairs
