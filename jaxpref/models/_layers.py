@@ -1,0 +1,370 @@
+"""Building blocks of the decoder: projections, norms, rotary positions, attention, MLP, block.
+
+Every parameter is an `nnx.Param` whose `out_sharding` metadata holds *logical* axis names
+(`'vocab'`, `'embed'`, `'mlp'`, `'heads'`, `'kv_heads'`, `'head_dim'`, `'seq'`, `'norm'`);
+`jaxpref.parallel` maps them to mesh axes. Eager sharding is off: placement happens once, under
+`jax.jit` with explicit output shardings.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxpref.models._config import ModelConfig
+
+__all__ = ["Attention", "Block", "Dense", "Mlp", "Norm", "apply_rope", "logical_param"]
+
+_NEG = float(jnp.finfo(jnp.float32).min)
+
+
+def logical_param(
+    rngs: nnx.Rngs | None,
+    shape: tuple[int, ...],
+    axes: tuple[str | None, ...],
+    dtype,
+    init: str = "normal",
+    *,
+    stddev: float = 0.02,
+) -> nnx.Param:
+    """Creates an `nnx.Param` carrying logical axis names.
+
+    Args:
+      rngs: random streams (the `params` stream is used for `init="normal"`).
+      shape: parameter shape.
+      axes: one logical axis name (or None) per dimension of `shape`.
+      dtype: storage dtype.
+      init: "normal" (N(0, stddev^2)), "zeros" or "ones".
+      stddev: standard deviation of the normal initialiser.
+
+    Returns:
+      The parameter, with `out_sharding=axes` and eager sharding off.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> p = logical_param(None, (2, 3), ("embed", "mlp"), jnp.float32, "ones")
+      >>> print(p.get_metadata()["out_sharding"], float(p[...].sum()))
+      ('embed', 'mlp') 6.0
+    """
+    if len(axes) != len(shape):
+        raise ValueError(f"logical_param: {len(axes)} axis names {axes} for shape {shape}.")
+    if init == "normal":
+        value = stddev * jax.random.normal(rngs.params(), shape, jnp.float32)
+    elif init == "zeros":
+        value = jnp.zeros(shape, jnp.float32)
+    elif init == "ones":
+        value = jnp.ones(shape, jnp.float32)
+    else:
+        raise ValueError(f"logical_param: unknown init {init!r}.")
+    return nnx.Param(value.astype(dtype), out_sharding=tuple(axes), eager_sharding=False)
+
+
+class Dense(nnx.Module):
+    """A linear map written as an einsum over named dimensions, with an optional bias.
+
+    .. math:: y = \\mathrm{einsum}(x, W) + b
+
+    Matmuls run in the compute dtype; the result is cast back to it.
+
+    Args:
+      kernel_shape: shape of `W`.
+      kernel_axes: logical axis names of `W`.
+      bias_axes: logical axis names of `b` (the trailing output dims of `W`); None: no bias.
+      bias_shape: shape of `b`.
+      dtype: compute dtype.
+      param_dtype: storage dtype.
+      rngs: random streams.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> d = Dense((4, 2), ("embed", "mlp"), bias_shape=(2,), bias_axes=("mlp",),
+      ...           rngs=nnx.Rngs(0))
+      >>> print(d("btd,df->btf", jnp.ones((1, 3, 4))).shape)
+      (1, 3, 2)
+    """
+
+    def __init__(
+        self,
+        kernel_shape: tuple[int, ...],
+        kernel_axes: tuple[str | None, ...],
+        *,
+        bias_shape: tuple[int, ...] | None = None,
+        bias_axes: tuple[str | None, ...] | None = None,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.dtype = jnp.dtype(dtype)
+        self.kernel = logical_param(rngs, kernel_shape, kernel_axes, param_dtype)
+        self.bias = (
+            logical_param(rngs, bias_shape, bias_axes, param_dtype, "zeros")
+            if bias_axes is not None
+            else None
+        )
+
+    def __call__(self, equation: str, x: jax.Array) -> jax.Array:
+        """Applies `einsum(equation, x, W) + b` in the compute dtype."""
+        y = jnp.einsum(equation, x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.bias is not None:
+            b = self.bias[...].astype(self.dtype)
+            y = y + b.reshape((1,) * (y.ndim - b.ndim) + b.shape)
+        return y
+
+
+class Norm(nnx.Module):
+    """LayerNorm (`kind="layernorm"`) or RMSNorm (`kind="rmsnorm"`) over the last axis.
+
+    .. math:: \\mathrm{LN}(x) = \\gamma \\frac{x - \\mu}{\\sqrt{\\sigma^2 + \\epsilon}} + \\beta,
+       \\qquad \\mathrm{RMS}(x) = \\gamma \\frac{x}{\\sqrt{\\overline{x^2} + \\epsilon}}
+
+    Statistics are computed in float32; the output has the compute dtype.
+
+    Args:
+      dim: normalised width `D`.
+      kind: "layernorm" or "rmsnorm".
+      eps: epsilon.
+      dtype: compute dtype.
+      param_dtype: storage dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> y = Norm(2, "rmsnorm", eps=0.0)(jnp.array([[3.0, 4.0]]))
+      >>> print([round(float(v), 4) for v in y[0]])
+      [0.8485, 1.1314]
+    """
+
+    def __init__(self, dim: int, kind: str, *, eps: float, dtype=jnp.float32,
+                 param_dtype=jnp.float32):  # fmt: skip
+        if kind not in ("layernorm", "rmsnorm"):
+            raise ValueError(f"Norm: unknown kind {kind!r}.")
+        self.kind = kind
+        self.eps = eps
+        self.dtype = jnp.dtype(dtype)
+        self.scale = logical_param(None, (dim,), ("norm",), param_dtype, "ones")
+        self.bias = (
+            logical_param(None, (dim,), ("norm",), param_dtype, "zeros")
+            if kind == "layernorm"
+            else None
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Normalises `[..., D]` inputs."""
+        x = x.astype(jnp.float32)
+        if self.kind == "layernorm":
+            x = x - jnp.mean(x, axis=-1, keepdims=True)
+        y = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+        lead = (1,) * (y.ndim - 1)
+        y = y * self.scale[...].astype(jnp.float32).reshape((*lead, -1))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(jnp.float32).reshape((*lead, -1))
+        return y.astype(self.dtype)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, *, theta: float) -> jax.Array:
+    """Rotary position embedding in the half-split ("rotate_half") layout of Llama checkpoints.
+
+    .. math:: x' = [x_1 \\cos\\phi - x_2 \\sin\\phi,\\; x_2 \\cos\\phi + x_1 \\sin\\phi],
+       \\quad \\phi_{t,i} = p_t\\,\\theta^{-2i/H}
+
+    Args:
+      x: `[B, T, N, H]` queries or keys (H even).
+      positions: `[B, T]` integer positions.
+      theta: base frequency.
+
+    Returns:
+      `[B, T, N, H]` rotated values in the dtype of `x` (computed in float32).
+
+    References:
+      Su et al., "RoFormer: Enhanced Transformer with Rotary Position Embedding",
+      arXiv 2104.09864.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> x = jnp.ones((1, 1, 1, 2))
+      >>> y = apply_rope(x, jnp.array([[1]]), theta=10000.0)[0, 0, 0]
+      >>> print([round(float(v), 4) for v in y])
+      [-0.3012, 1.3818]
+    """
+    h = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+    angles = positions.astype(jnp.float32)[:, :, None] * inv_freq[None, None, :]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    xf = x.astype(jnp.float32)
+    x1, x2 = xf[..., : h // 2], xf[..., h // 2 :]
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+def _activation(name: str):
+    return {
+        "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+        "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+        "silu": jax.nn.silu,
+        "relu": jax.nn.relu,
+    }[name]
+
+
+class Attention(nnx.Module):
+    """Multi-head causal self-attention with grouped-query heads and an optional KV cache.
+
+    .. math:: \\mathrm{softmax}\\big(q k^\\top / \\sqrt{H} + \\text{mask}\\big)\\, v
+
+    Query head `n` reads key/value head `n // G` (`G = N // K`), the layout of Hugging Face
+    checkpoints. Scores and softmax are float32. A query whose keys are all masked gets a
+    uniform (finite) distribution instead of NaN.
+
+    Args:
+      config: architecture.
+      rngs: random streams.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from jaxpref.models import preset
+      >>> attn = Attention(preset("llama-tiny"), rngs=nnx.Rngs(0))
+      >>> x, pos = jnp.ones((1, 3, 32)), jnp.arange(3)[None]
+      >>> mask = jnp.tril(jnp.ones((3, 3), bool))[None]
+      >>> y, _ = jax.eval_shape(attn, x, pos, mask)
+      >>> print(y.shape)
+      (1, 3, 32)
+    """
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        c = config
+        d, n, k, h = c.d_model, c.num_heads, c.kv_heads, c.head_size
+        kw = dict(dtype=c.compute_jnp_dtype, param_dtype=c.param_jnp_dtype, rngs=rngs)
+
+        def proj(heads, head_axis):
+            return Dense(
+                (d, heads, h), ("embed", head_axis, "head_dim"), bias_shape=(heads, h),
+                bias_axes=(head_axis, "head_dim") if c.qkv_bias else None, **kw,
+            )  # fmt: skip
+
+        self.q = proj(n, "heads")
+        self.k = proj(k, "kv_heads")
+        self.v = proj(k, "kv_heads")
+        self.o = Dense(
+            (n, h, d), ("heads", "head_dim", "embed"), bias_shape=(d,),
+            bias_axes=("embed",) if c.out_bias else None, **kw,
+        )  # fmt: skip
+        self.num_groups = c.num_groups
+        self.use_rope = c.family == "llama"
+        self.rope_theta = c.rope_theta
+        self.dtype = c.compute_jnp_dtype
+
+    def __call__(self, x, positions, mask, kv=None):
+        """Attends `[B, T, D]` inputs.
+
+        Args:
+          x: `[B, T, D]` normalised inputs.
+          positions: `[B, T]` integer positions (rotary family only).
+          mask: `[B, T, S]` bool, True where query `t` may read key slot `s`.
+          kv: None, or `(k_cache, v_cache, index)` with caches `[B, S, K, H]`: the new keys and
+            values are written at slots `index .. index + T - 1` and attention reads all `S` slots.
+
+        Returns:
+          `([B, T, D] output, (k_cache, v_cache) or None)`.
+        """
+        q = self.q("btd,dnh->btnh", x)
+        k = self.k("btd,dkh->btkh", x)
+        v = self.v("btd,dkh->btkh", x)
+        if self.use_rope:
+            q = apply_rope(q, positions, theta=self.rope_theta)
+            k = apply_rope(k, positions, theta=self.rope_theta)
+        new_kv = None
+        if kv is not None:
+            k_cache, v_cache, index = kv
+            start = (0, index, 0, 0)
+            k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), start)
+            v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), start)
+            new_kv = (k, v)
+            k, v = k.astype(self.dtype), v.astype(self.dtype)
+        b, t, n, h = q.shape
+        groups = self.num_groups
+        q = q.reshape(b, t, n // groups, groups, h)
+        scores = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32)
+        scores = scores * (1.0 / jnp.sqrt(jnp.float32(h)))
+        scores = jnp.where(mask[:, None, None, :, :], scores, _NEG)
+        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+        out = jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(b, t, n, h)
+        return self.o("btnh,nhd->btd", out), new_kv
+
+
+class Mlp(nnx.Module):
+    """Position-wise MLP: `down(act(up x))` (gpt2) or `down(act(gate x) * up x)` (llama).
+
+    .. math:: \\mathrm{MLP}(x) = W_d\\,\\big(\\phi(W_g x) \\odot W_u x\\big)
+
+    Args:
+      config: architecture.
+      rngs: random streams.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from jaxpref.models import preset
+      >>> mlp = Mlp(preset("gpt2-tiny"), rngs=nnx.Rngs(0))
+      >>> print(jax.eval_shape(mlp, jnp.ones((1, 2, 32))).shape)
+      (1, 2, 32)
+    """
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        c = config
+        d, f = c.d_model, c.mlp_dim
+        kw = dict(dtype=c.compute_jnp_dtype, param_dtype=c.param_jnp_dtype, rngs=rngs)
+        fb = ("mlp",) if c.mlp_bias else None
+        db = ("embed",) if c.mlp_bias else None
+        self.gated = c.family == "llama"
+        self.gate = (
+            Dense((d, f), ("embed", "mlp"), bias_shape=(f,), bias_axes=fb, **kw)
+            if self.gated
+            else None
+        )
+        self.up = Dense((d, f), ("embed", "mlp"), bias_shape=(f,), bias_axes=fb, **kw)
+        self.down = Dense((f, d), ("mlp", "embed"), bias_shape=(d,), bias_axes=db, **kw)
+        self.activation = c.activation
+
+    def __call__(self, x):
+        """Applies the MLP to `[B, T, D]` inputs."""
+        act = _activation(self.activation)
+        up = self.up("btd,df->btf", x)
+        hidden = act(self.gate("btd,df->btf", x)) * up if self.gated else act(up)
+        return self.down("btf,fd->btd", hidden)
+
+
+class Block(nnx.Module):
+    """Pre-norm transformer block: `x + attn(norm(x))`, then `x + mlp(norm(x))`.
+
+    Args:
+      config: architecture.
+      rngs: random streams.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from jaxpref.models import preset
+      >>> blk = Block(preset("gpt2-tiny"), rngs=nnx.Rngs(0))
+      >>> mask = jnp.tril(jnp.ones((2, 2), bool))[None]
+      >>> y, _ = jax.eval_shape(blk, jnp.ones((1, 2, 32)), jnp.arange(2)[None], mask)
+      >>> print(y.shape)
+      (1, 2, 32)
+    """
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        c = config
+        kind = "layernorm" if c.family == "gpt2" else "rmsnorm"
+        kw = dict(eps=c.norm_eps, dtype=c.compute_jnp_dtype, param_dtype=c.param_jnp_dtype)
+        self.attn_norm = Norm(c.d_model, kind, **kw)
+        self.attn = Attention(c, rngs=rngs)
+        self.mlp_norm = Norm(c.d_model, kind, **kw)
+        self.mlp = Mlp(c, rngs=rngs)
+
+    def __call__(self, x, positions, mask, kv=None):
+        """Runs the block; see `Attention.__call__` for the arguments and the cache."""
+        h, new_kv = self.attn(self.attn_norm(x), positions, mask, kv)
+        x = x + h
+        x = x + self.mlp(self.mlp_norm(x))
+        return x, new_kv
