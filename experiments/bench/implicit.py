@@ -1,0 +1,418 @@
+"""Benchmark: hypergradients through gradient descent, implicit vs unrolled vs jaxopt.
+
+Inner problems (float32, `n` training and `n` validation rows, `d` features):
+
+* ridge: `w*(lam) = argmin_w 0.5/n ||X w - y||^2 + 0.5 lam ||w||^2`;
+* logistic: `w*(lam) = argmin_w mean softplus(-y Xw) + 0.5 lam ||w||^2`;
+
+outer loss: the same data-fit term on the validation rows at `w*(lam)`; measured quantity: the
+jitted `value_and_grad` of the outer loss with respect to `lam` (the hypergradient), with the inner
+problem solved by exactly `N` fixed-step gradient-descent iterations (`tol = 0`), for
+`N in {100, 1000, 10000}` and four methods:
+
+* `implicit`: `jaxpref.solvers.GradientDescent` + `ImplicitAdjoint(solve=solve_cg)` (while loop
+  forward, one conjugate-gradient solve backward);
+* `unrolled`: the same solver with `UnrolledAdjoint()` (backpropagation through a scan);
+* `jaxopt`: `jaxopt.GradientDescent(implicit_diff=True)` with jaxopt's CG (the reference library);
+* `jaxopt_unrolled`: `jaxopt.GradientDescent(implicit_diff=False)`, jaxopt's unrolled mode (a scan
+  over `lax.cond`, which stores loop-invariant data as a per-iteration residual).
+
+The headline comparison is `implicit` vs `unrolled` (same solver, same forward loop body);
+`jaxopt_unrolled` is context for users coming from jaxopt.
+
+Times and memory are measured separately, so that each is as clean as a shared machine allows:
+
+* timing: one subprocess per (problem, N) builds every method `--builds` times, interleaved
+  (implicit, unrolled, jaxopt, ..., implicit, ...), then times `--repeats` calls per method
+  round-robin (at least `--repeats` rounds and at least `--min-time` seconds per method; each
+  timed call follows an untimed call of the same method, so that one method's memory traffic
+  does not slow the next one's measurement).
+  `compile_and_first_run_s` is the median over the builds of the first call's wall
+  time (trace + compile + run; every build uses fresh closures, so it is really recompiled);
+  `median_s` is the median steady-state call. Ratios therefore compare measurements taken in the
+  same process, interleaved in time.
+* memory: one subprocess per (problem, method, N) compiles and runs that configuration once.
+  `net_peak_rss_mib` is its peak resident memory (`ru_maxrss`) minus that of a baseline subprocess
+  which imports the same modules, builds the same inputs and compiles a trivial function (it
+  includes compiler memory, so it is noisy at small sizes). `temp_mib` is XLA's compiled memory
+  analysis (`temp_size_in_bytes`, the scratch buffers the program allocates), a deterministic
+  measure of the memory the computation itself needs.
+
+Usage: `python -m experiments.bench.implicit [--n 500 --d 100 --steps 100 1000 10000]`.
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+
+METHODS = ("implicit", "unrolled", "jaxopt", "jaxopt_unrolled")
+PROBLEMS = ("ridge", "logistic")
+
+
+def make_problem(problem: str, n: int, d: int, seed: int = 0):
+    """Returns `(inner_fun, outer_fun, w0, lam, learning_rate)` for `problem`."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    w_true = rng.normal(size=d) / np.sqrt(d)
+    x_tr = rng.normal(size=(n, d)).astype(np.float32)
+    x_va = rng.normal(size=(n, d)).astype(np.float32)
+    if problem == "ridge":
+        y_tr = (x_tr @ w_true + 0.5 * rng.normal(size=n)).astype(np.float32)
+        y_va = (x_va @ w_true + 0.5 * rng.normal(size=n)).astype(np.float32)
+        curvature = np.linalg.eigvalsh(x_tr.T @ x_tr / n).max()
+
+        def fit(w, x, y):
+            return 0.5 * jnp.mean((x @ w - y) ** 2)
+
+    elif problem == "logistic":
+        y_tr = np.sign(x_tr @ w_true + 0.5 * rng.normal(size=n)).astype(np.float32)
+        y_va = np.sign(x_va @ w_true + 0.5 * rng.normal(size=n)).astype(np.float32)
+        curvature = 0.25 * np.linalg.eigvalsh(x_tr.T @ x_tr / n).max()
+
+        def fit(w, x, y):
+            return jnp.mean(jax.nn.softplus(-y * (x @ w)))
+
+    else:
+        raise ValueError(f"unknown problem {problem!r}")
+    lam = 0.1
+    x_tr, y_tr, x_va, y_va = map(jnp.asarray, (x_tr, y_tr, x_va, y_va))
+
+    def inner(w, lam):
+        return fit(w, x_tr, y_tr) + 0.5 * lam * jnp.sum(w**2)
+
+    def outer(w):
+        return fit(w, x_va, y_va)
+
+    learning_rate = float(1.0 / (curvature + lam))
+    return inner, outer, jnp.zeros(d, jnp.float32), jnp.float32(lam), learning_rate
+
+
+def make_hypergradient(method: str, problem: str, steps: int, n: int, d: int):
+    """Returns `(jitted value_and_grad of lam -> outer(w*(lam)), lam)` for one configuration."""
+    import functools
+
+    import jax
+
+    inner, outer, w0, lam, lr = make_problem(problem, n, d)
+    if method in ("implicit", "unrolled"):
+        from jaxpref import solvers
+
+        adjoint = (
+            solvers.ImplicitAdjoint(solve=functools.partial(solvers.solve_cg, tol=1e-6))
+            if method == "implicit"
+            else solvers.UnrolledAdjoint()
+        )
+        solver = solvers.GradientDescent(
+            inner, learning_rate=lr, max_steps=steps, tol=0.0, adjoint=adjoint
+        )
+
+        def total(lam):
+            return outer(solver.run(w0, lam).value)
+
+    elif method in ("jaxopt", "jaxopt_unrolled"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import jaxopt
+
+        solver = jaxopt.GradientDescent(
+            inner,
+            stepsize=lr,
+            maxiter=steps,
+            tol=0.0,
+            acceleration=False,
+            implicit_diff=method == "jaxopt",
+            implicit_diff_solve=functools.partial(jaxopt.linear_solve.solve_cg, tol=1e-6),
+        )
+
+        def total(lam):
+            return outer(solver.run(w0, lam).params)
+
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    return jax.jit(jax.value_and_grad(total)), lam
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _import_all():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import jaxopt  # noqa: F401
+
+    import jaxpref.solvers  # noqa: F401
+
+
+def _first_call(method, problem, steps, n, d):
+    import jax
+
+    fn, lam = make_hypergradient(method, problem, steps, n, d)
+    t0 = time.perf_counter()
+    value, grad = jax.block_until_ready(fn(lam))
+    return fn, lam, time.perf_counter() - t0, float(value), float(grad)
+
+
+def run_timing(
+    problem: str,
+    steps: int,
+    methods,
+    *,
+    n: int,
+    d: int,
+    repeats: int,
+    builds: int,
+    min_time_s: float = 0.0,
+) -> dict:
+    """Interleaved compile and run timings of `methods` in this process (module docstring)."""
+    import jax
+
+    _import_all()
+    firsts = {m: [] for m in methods}
+    fns = {}
+    for _ in range(builds):
+        for m in methods:
+            fn, lam, first, value, grad = _first_call(m, problem, steps, n, d)
+            firsts[m].append(first)
+            fns[m] = (fn, lam, value, grad)
+    times = {m: [] for m in methods}
+    rounds = 0
+    # At least `repeats` rounds, and more (up to 200) until every method has run for `min_time_s`.
+    while rounds < repeats or (
+        rounds < 200 and repeats > 0 and min(sum(t) for t in times.values()) < min_time_s
+    ):
+        for m in methods:
+            fn, lam = fns[m][:2]
+            jax.block_until_ready(fn(lam))  # untimed: absorbs the previous method's after-effects
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(lam))
+            times[m].append(time.perf_counter() - t0)
+        rounds += 1
+    out = {}
+    for m in methods:
+        fn, lam, value, grad = fns[m]
+        out[m] = {
+            "value": value,
+            "hypergradient": grad,
+            "compile_and_first_run_s": statistics.median(firsts[m]),
+            "compile_and_first_run_all_s": firsts[m],
+            "median_s": statistics.median(times[m]) if times[m] else min(firsts[m]),
+        }
+    return out
+
+
+def run_memory(method: str, problem: str, steps: int, *, n: int, d: int) -> dict:
+    """Peak RSS and compiled scratch memory of one configuration in this process."""
+    import jax
+    import jax.numpy as jnp
+
+    _import_all()
+    if method == "baseline":
+        make_problem(problem, n, d)
+        jax.block_until_ready(jax.jit(lambda x: x + 1.0)(jnp.ones(3)))
+        return {"method": method, "peak_rss_mib": _peak_rss_mib(), "temp_mib": None}
+    fn, lam = make_hypergradient(method, problem, steps, n, d)
+    compiled = fn.lower(lam).compile()
+    jax.block_until_ready(compiled(lam))
+    stats = compiled.memory_analysis()
+    return {
+        "method": method,
+        "peak_rss_mib": _peak_rss_mib(),
+        "temp_mib": None if stats is None else stats.temp_size_in_bytes / 2**20,
+    }
+
+
+def _methods_for(steps: int, jaxopt_unrolled_max_steps: int) -> list[str]:
+    return [m for m in METHODS if m != "jaxopt_unrolled" or steps <= jaxopt_unrolled_max_steps]
+
+
+def _spawn(worker: str, problem: str, steps: int, args) -> dict:
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.bench.implicit",
+        "--worker",
+        worker,
+        "--problems",
+        problem,
+        "--steps",
+        str(steps),
+        "--n",
+        str(args.n),
+        "--d",
+        str(args.d),
+        "--repeats",
+        str(args.repeats),
+        "--builds",
+        str(args.builds),
+        "--min-time",
+        str(args.min_time),
+        "--jaxopt-unrolled-max-steps",
+        str(args.jaxopt_unrolled_max_steps),
+    ]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _ratio(a, b, digits=3):
+    return None if a is None or b is None or b == 0 else round(a / b, digits)
+
+
+def summarise(timing: dict, memory: dict, baseline_mib: float, steps: list[int]) -> dict:
+    """Per-method tables and target checks from `timing[steps][method]` and
+    `memory[(method, steps)]`."""
+    table = {}
+    for m in METHODS:
+        rows = {}
+        for s in steps:
+            if m not in timing[s]:
+                continue
+            t, mem = timing[s][m], memory.get((m, s), {})
+            rows[str(s)] = {
+                "median_s": round(t["median_s"], 5),
+                "compile_and_first_run_s": round(t["compile_and_first_run_s"], 4),
+                "temp_mib": None if mem.get("temp_mib") is None else round(mem["temp_mib"], 3),
+                "net_peak_rss_mib": None
+                if "peak_rss_mib" not in mem
+                else round(mem["peak_rss_mib"] - baseline_mib, 1),
+                "hypergradient": t["hypergradient"],
+            }
+        table[m] = rows
+    lo, hi = min(steps), max(steps)
+    mid = 1000 if 1000 in steps else sorted(steps)[len(steps) // 2]
+    imp, unr, jo, jou = (table[m] for m in METHODS)
+
+    def get(rows, s, key):
+        return rows.get(str(s), {}).get(key)
+
+    def rel(a, b):
+        return abs(a - b) / max(abs(b), 1e-12)
+
+    checks = {
+        f"speedup_implicit_vs_unrolled_at_{mid}": _ratio(
+            get(unr, mid, "median_s"), get(imp, mid, "median_s"), 2
+        ),
+        f"speedup_implicit_vs_jaxopt_unrolled_at_{mid}": _ratio(
+            get(jou, mid, "median_s"), get(imp, mid, "median_s"), 2
+        ),
+        f"implicit_temp_ratio_{hi}_vs_{lo}": _ratio(
+            get(imp, hi, "temp_mib"), get(imp, lo, "temp_mib")
+        ),
+        f"implicit_net_rss_ratio_{hi}_vs_{lo}": _ratio(
+            get(imp, hi, "net_peak_rss_mib"), get(imp, lo, "net_peak_rss_mib")
+        ),
+        f"unrolled_temp_ratio_{hi}_vs_{lo}": _ratio(
+            get(unr, hi, "temp_mib"), get(unr, lo, "temp_mib")
+        ),
+        "compile_and_first_run_implicit_over_jaxopt": {
+            str(s): _ratio(
+                get(imp, s, "compile_and_first_run_s"), get(jo, s, "compile_and_first_run_s")
+            )
+            for s in steps
+        },
+        "median_implicit_over_jaxopt": {
+            str(s): _ratio(get(imp, s, "median_s"), get(jo, s, "median_s")) for s in steps
+        },
+        "max_rel_diff_hypergradient_implicit_vs_jaxopt": max(
+            rel(imp[str(s)]["hypergradient"], jo[str(s)]["hypergradient"]) for s in steps
+        ),
+        "max_rel_diff_hypergradient_implicit_vs_unrolled": max(
+            rel(imp[str(s)]["hypergradient"], unr[str(s)]["hypergradient"]) for s in steps
+        ),
+    }
+    speedup = checks[f"speedup_implicit_vs_unrolled_at_{mid}"]
+    temp_ratio = checks[f"implicit_temp_ratio_{hi}_vs_{lo}"]
+    rss_ratio = checks[f"implicit_net_rss_ratio_{hi}_vs_{lo}"]
+    compile_ratios = checks["compile_and_first_run_implicit_over_jaxopt"].values()
+    meets = {
+        "implicit_at_least_5x_faster_than_unrolled": speedup is not None and speedup >= 5.0,
+        "implicit_memory_flat_within_1.5x": temp_ratio is not None
+        and temp_ratio <= 1.5
+        and (rss_ratio is None or rss_ratio <= 1.5),
+        "compile_and_run_no_worse_than_jaxopt": all(
+            r is not None and r <= 1.0 for r in compile_ratios
+        ),
+    }
+    return {"by_method": table, "checks": checks, "meets_targets": meets}
+
+
+def main(argv=None) -> dict:
+    """Spawns the timing and memory subprocesses and prints the comparison as JSON."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=500)
+    p.add_argument("--d", type=int, default=100)
+    p.add_argument("--steps", type=int, nargs="+", default=[100, 1000, 10000])
+    p.add_argument("--problems", nargs="+", choices=PROBLEMS, default=list(PROBLEMS))
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--builds", type=int, default=5)
+    p.add_argument(
+        "--min-time", type=float, default=1.0, help="seconds of timed calls per method, at least"
+    )
+    p.add_argument(
+        "--jaxopt-unrolled-max-steps",
+        type=int,
+        default=1000,
+        help="skip jaxopt_unrolled above this many steps (it stores ~n*d floats per step)",
+    )
+    p.add_argument("--worker", default=None, help="internal: 'timing', 'baseline' or a method")
+    args = p.parse_args(argv)
+    problem, steps = args.problems[0], args.steps[0]
+    if args.worker == "timing":
+        res = run_timing(
+            problem,
+            steps,
+            _methods_for(steps, args.jaxopt_unrolled_max_steps),
+            n=args.n,
+            d=args.d,
+            repeats=args.repeats,
+            builds=args.builds,
+            min_time_s=args.min_time,
+        )
+        print(json.dumps(res))
+        return res
+    if args.worker:
+        res = run_memory(args.worker, problem, steps, n=args.n, d=args.d)
+        print(json.dumps(res))
+        return res
+    import jax
+
+    result = {
+        "benchmark": "implicit_vs_unrolled_hypergradient",
+        "shape": {"n": args.n, "d": args.d},
+        "steps": args.steps,
+        "device": str(jax.devices()[0].platform),
+        "memory_measures": {
+            "temp_mib": "XLA compiled memory analysis, temp_size_in_bytes",
+            "net_peak_rss_mib": "subprocess ru_maxrss minus a baseline subprocess's",
+        },
+        "problems": {},
+    }
+    for problem in args.problems:
+        timing = {s: _spawn("timing", problem, s, args) for s in args.steps}
+        base = _spawn("baseline", problem, args.steps[0], args)
+        memory = {
+            (m, s): _spawn(m, problem, s, args)
+            for s in args.steps
+            for m in _methods_for(s, args.jaxopt_unrolled_max_steps)
+        }
+        result["problems"][problem] = {
+            "baseline_peak_rss_mib": round(base["peak_rss_mib"], 1),
+            **summarise(timing, memory, base["peak_rss_mib"], args.steps),
+        }
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
