@@ -157,13 +157,14 @@ class SentencePieceTokenizer:
 
     Raises:
       ImportError: when `sentencepiece` is not installed.
+      FileNotFoundError: when `model_file` does not exist.
 
     Example:
       >>> try:
       ...     SentencePieceTokenizer("missing.model")
-      ... except (ImportError, OSError) as e:
-      ...     print(type(e).__name__)
-      ImportError
+      ... except FileNotFoundError as e:
+      ...     print(e)
+      SentencePieceTokenizer: no model file at 'missing.model'.
     """
 
     def __init__(self, model_file, *, add_bos: bool = True, add_eos: bool = True, pad_id=None):
@@ -176,6 +177,8 @@ class SentencePieceTokenizer:
                 "Hugging Face tokenizer.json and use HFTokenizer."
             ) from e
         self.path = os.fspath(model_file)
+        if not os.path.isfile(self.path):
+            raise FileNotFoundError(f"SentencePieceTokenizer: no model file at {self.path!r}.")
         self.processor = spm.SentencePieceProcessor(model_file=self.path)
         self.vocab_size = int(self.processor.get_piece_size())
         bos, eos, pad = (

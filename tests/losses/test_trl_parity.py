@@ -15,24 +15,7 @@ from trl.trainer.dpo_trainer import DPOTrainer
 
 from jaxpref import losses as jl
 from tests.losses import _trl_harness as harness
-
-TRL_NAMES = (
-    "sigmoid",
-    "hinge",
-    "ipo",
-    "exo_pair",
-    "nca_pair",
-    "robust",
-    "bco_pair",
-    "sppo_hard",
-    "aot",
-    "aot_unpaired",
-    "apo_zero",
-    "apo_down",
-    "discopop",
-    "sft",
-    "sigmoid_norm",
-)
+from tests.losses.test_registry import TRL_NAMES
 
 CASES = [
     ("sigmoid", {}),

@@ -303,7 +303,9 @@ def quadratic(x, a):
     return 0.5 * jnp.sum((x - a) ** 2)
 
 
-@pytest.mark.parametrize("adjoint", [js.ImplicitAdjoint(), js.UnrolledAdjoint()], ids=str)
+@pytest.mark.parametrize(
+    "adjoint", [js.ImplicitAdjoint(), js.UnrolledAdjoint()], ids=["implicit", "unrolled"]
+)
 def test_status_codes(adjoint):
     a = jnp.array([1.0, -2.0])
     ok = js.GradientDescent(quadratic, learning_rate=0.5, tol=1e-5, max_steps=100, adjoint=adjoint)
