@@ -48,6 +48,23 @@ def _safe_mean_logps(logps, lengths):
     return mean, valid
 
 
+def _pair_mean_logps(fn, chosen_logps, rejected_logps, chosen_lengths, rejected_lengths):
+    """Checked per-token mean log-probs of both completions and whether both are non-empty."""
+    _check_pair(
+        fn,
+        {
+            "chosen_logps": chosen_logps,
+            "rejected_logps": rejected_logps,
+            "chosen_lengths": chosen_lengths,
+            "rejected_lengths": rejected_lengths,
+        },
+        floating=("chosen_logps", "rejected_logps"),
+    )
+    mean_w, valid_w = _safe_mean_logps(f32(chosen_logps), chosen_lengths)
+    mean_l, valid_l = _safe_mean_logps(f32(rejected_logps), rejected_lengths)
+    return mean_w, mean_l, valid_w & valid_l
+
+
 def alphapo_reward(logps: jax.Array, *, alpha: float) -> jax.Array:
     r"""AlphaPO reward shape `(1 - p^{-alpha}) / alpha` of a log-probability.
 
@@ -94,19 +111,9 @@ def _shaped_simpo(
     simpo_gamma,
     label_smoothing,
 ):
-    _check_pair(
-        fn,
-        {
-            "chosen_logps": chosen_logps,
-            "rejected_logps": rejected_logps,
-            "chosen_lengths": chosen_lengths,
-            "rejected_lengths": rejected_lengths,
-        },
-        floating=("chosen_logps", "rejected_logps"),
+    mean_w, mean_l, valid = _pair_mean_logps(
+        fn, chosen_logps, rejected_logps, chosen_lengths, rejected_lengths
     )
-    mean_w, valid_w = _safe_mean_logps(f32(chosen_logps), chosen_lengths)
-    mean_l, valid_l = _safe_mean_logps(f32(rejected_logps), rejected_lengths)
-    valid = valid_w & valid_l
     logits = alphapo_reward(mean_w, alpha=alpha) - alphapo_reward(mean_l, alpha=alpha)
     logits = logits - simpo_gamma / beta
     losses = _smoothed_logistic(beta * logits, label_smoothing)
@@ -309,19 +316,9 @@ def _log1mexp(x: jax.Array) -> jax.Array:
 
 
 def _orpo_log_odds(fn, chosen_logps, rejected_logps, chosen_lengths, rejected_lengths):
-    _check_pair(
-        fn,
-        {
-            "chosen_logps": chosen_logps,
-            "rejected_logps": rejected_logps,
-            "chosen_lengths": chosen_lengths,
-            "rejected_lengths": rejected_lengths,
-        },
-        floating=("chosen_logps", "rejected_logps"),
+    mean_w, mean_l, valid = _pair_mean_logps(
+        fn, chosen_logps, rejected_logps, chosen_lengths, rejected_lengths
     )
-    mean_w, valid_w = _safe_mean_logps(f32(chosen_logps), chosen_lengths)
-    mean_l, valid_l = _safe_mean_logps(f32(rejected_logps), rejected_lengths)
-    valid = valid_w & valid_l
     log_odds = (mean_w - mean_l) - (_log1mexp(mean_w) - _log1mexp(mean_l))
     return jnp.where(valid, log_odds, 0.0), valid
 
