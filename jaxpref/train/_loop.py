@@ -373,19 +373,26 @@ def train(
                             perf["perf/tokens_per_s"] = tokens / elapsed
                     logger.log(step_no, {**host_metrics, **perf})
                     t_log, steps_since_log, tokens = time.perf_counter(), 0, 0
-                if (
+                want_eval = (
                     eval_fn is not None
                     and loop.eval_every
                     and (step_no % loop.eval_every == 0 or final)
-                ):
-                    record = logger.log(step_no, eval_fn(state), split="eval")
-                    eval_metrics = {
-                        k: v for k, v in record.items() if k not in ("step", "split", "time")
-                    }
+                )
                 preempted = ckpt_cfg.save_on_preemption and preempt.check(step_no, checkpointer)
                 periodic = ckpt_cfg.every_steps and step_no % ckpt_cfg.every_steps == 0
-                if periodic or final or preempted:
-                    save(step_no, metrics, host_metrics)
+                if want_eval or periodic or final or preempted:
+                    # Evaluation and checkpointing are not training time: keep them out of the
+                    # throughput of the next logging window.
+                    jax.block_until_ready(metrics)
+                    paused = time.perf_counter()
+                    if want_eval:
+                        record = logger.log(step_no, eval_fn(state), split="eval")
+                        eval_metrics = {
+                            k: v for k, v in record.items() if k not in ("step", "split", "time")
+                        }
+                    if periodic or final or preempted:
+                        save(step_no, metrics, host_metrics)
+                    t_log += time.perf_counter() - paused
                 logger.advance()
                 if preempted:
                     stop_reason = "preempted"

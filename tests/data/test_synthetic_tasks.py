@@ -136,6 +136,45 @@ def test_token_pairs_follow_bradley_terry(temperature, noise):
     assert pairs.prompt.shape == (4000, 3) and pairs.chosen.dtype == jnp.int32
 
 
+def test_label_token_pairs_labels_given_completions_by_bradley_terry():
+    task = syn.make_token_task(jax.random.key(4), vocab_size=6, reward_scale=0.7)
+    n, length = 4000, 5
+    prompt = syn.sample_prompts(jax.random.key(5), task, n, 3)
+    a = jax.random.randint(jax.random.key(6), (n, length), 0, 6)
+    b = jax.random.randint(jax.random.key(7), (n, length), 0, 6)
+    pairs = syn.label_token_pairs(jax.random.key(8), task, prompt, a, b, temperature=0.5)
+    r = np.asarray(task.token_reward)
+    prev = np.asarray(prompt[:, -1])
+
+    def gold(y):
+        y = np.asarray(y)
+        prevs = np.concatenate([prev[:, None], y[:, :-1]], axis=1)
+        return r[prevs, y].sum(-1)
+
+    ra, rb = gold(a), gold(b)
+    a_first = np.all(np.asarray(pairs.chosen) == np.asarray(a), axis=1)
+    assert np.all(a_first | np.all(np.asarray(pairs.chosen) == np.asarray(b), axis=1))
+    np.testing.assert_allclose(pairs.chosen_reward, np.where(a_first, ra, rb), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(pairs.rejected_reward, np.where(a_first, rb, ra), rtol=1e-5, atol=1e-5)
+    d = ra - rb
+    keep = np.abs(d) > 1e-6
+    p_high = 1 / (1 + np.exp(-np.abs(d[keep]) / 0.5))
+    _bt_check(p_high, (d[keep] > 0) == a_first[keep])
+
+
+def test_label_token_pairs_rejects_bad_shapes_and_settings():
+    task = syn.make_token_task(jax.random.key(0), vocab_size=4)
+    prompt, y = jnp.zeros((3, 2), jnp.int32), jnp.zeros((3, 4), jnp.int32)
+    with pytest.raises(ValueError, match="label_token_pairs"):
+        syn.label_token_pairs(jax.random.key(0), task, prompt, y, y[:, :3])
+    with pytest.raises(ValueError, match="2 prompts but 3"):
+        syn.label_token_pairs(jax.random.key(0), task, prompt[:2], y, y)
+    with pytest.raises(ValueError, match="label_noise"):
+        syn.label_token_pairs(jax.random.key(0), task, prompt, y, y, label_noise=0.7)
+    with pytest.raises(ValueError, match="temperature"):
+        syn.label_token_pairs(jax.random.key(0), task, prompt, y, y, temperature=0.0)
+
+
 # --------------------------------------------------------------------------------------------
 # Control tasks.
 

@@ -33,6 +33,7 @@ __all__ = [
     "MarkovSampler",
     "TokenPairs",
     "TokenTask",
+    "label_token_pairs",
     "make_token_task",
     "markov_sampler",
     "sample_prompts",
@@ -273,6 +274,65 @@ def _label_pairs(task: TokenTask, prompt, a, b, u, temperature, label_noise) -> 
     )
 
 
+def _check_label_args(fn: str, temperature: float, label_noise: float) -> None:
+    if not 0.0 <= label_noise <= 0.5:
+        raise ValueError(f"{fn}: label_noise must be in [0, 0.5], got {label_noise}.")
+    if not temperature > 0:
+        raise ValueError(f"{fn}: temperature must be positive, got {temperature}.")
+
+
+def label_token_pairs(
+    key,
+    task: TokenTask,
+    prompt,
+    first,
+    second,
+    *,
+    temperature: float = 1.0,
+    label_noise: float = 0.0,
+) -> TokenPairs:
+    """Labels two given completions per prompt by Bradley-Terry on the gold reward.
+
+    The first completion is preferred with probability
+    `q = (1 - eps) * sigmoid((R_1 - R_2) / temperature) + eps * sigmoid(-(R_1 - R_2) / temperature)`
+    where `R_i` are gold rewards from the last prompt token. Use it for completions drawn by any
+    generator (e.g. a transformer policy through `jaxpref.decode.sample`).
+
+    Args:
+      key: PRNG key of the labeller's coin flips.
+      task: the task.
+      prompt: `[N, Lp]` int prompt tokens (only the last one enters the reward).
+      first: `[N, L]` int first completion.
+      second: `[N, L]` int second completion.
+      temperature: Bradley-Terry temperature (> 0).
+      label_noise: flip probability `eps` in `[0, 0.5]`.
+
+    Returns:
+      `TokenPairs`.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> t = TokenTask(jnp.zeros(2), jnp.zeros((2, 2)), jnp.array([[0.0, 5.0], [0.0, 5.0]]))
+      >>> p = label_token_pairs(jax.random.key(0), t, jnp.array([[0]]), jnp.array([[0, 0]]),
+      ...                       jnp.array([[1, 1]]), temperature=0.01)
+      >>> print(p.chosen, p.rejected_reward)
+      [[1 1]] [0.]
+    """
+    _check_label_args("label_token_pairs", temperature, label_noise)
+    prompt, first, second = (jnp.asarray(x, jnp.int32) for x in (prompt, first, second))
+    if prompt.ndim != 2 or first.ndim != 2 or first.shape != second.shape:
+        raise ValueError(
+            "label_token_pairs: expected prompt [N, Lp] and completions [N, L] of equal shape, "
+            f"got {prompt.shape}, {first.shape}, {second.shape}."
+        )
+    if prompt.shape[0] != first.shape[0]:
+        raise ValueError(
+            f"label_token_pairs: {prompt.shape[0]} prompts but {first.shape[0]} completions."
+        )
+    u = jax.random.uniform(key, (prompt.shape[0],))
+    return _label_pairs(task, prompt, first, second, u, temperature, label_noise)
+
+
 def sample_token_pairs(
     key,
     task: TokenTask,
@@ -311,8 +371,7 @@ def sample_token_pairs(
       >>> print(p.chosen.shape, p.chosen_credit.shape)
       (4, 5) (4, 5)
     """
-    if not 0.0 <= label_noise <= 0.5:
-        raise ValueError(f"sample_token_pairs: label_noise must be in [0, 0.5], got {label_noise}.")
+    _check_label_args("sample_token_pairs", temperature, label_noise)
     prompt, u, k_s = _prompt_block(key, task, num_pairs, prompt_length)
     prev = prompt[:, -1]
     both = sampler(k_s, jnp.concatenate([prev, prev]), completion_length)
