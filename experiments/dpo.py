@@ -33,7 +33,6 @@ Run: `python -m experiments.dpo [--help]`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import inspect
 import json
@@ -532,11 +531,14 @@ class PairIterator(IndexedIterator):
         self.rows_fn, self.num_pairs, self.batch_size = rows_fn, num_pairs, batch_size
         self.seed, self.extra = seed, extra or {}
         self.per_epoch = num_pairs // batch_size
+        self._epoch, self._perm = -1, None
         super().__init__(self._batch)
 
-    @functools.lru_cache(maxsize=4)  # noqa: B019 - a few epochs' orders, per iterator
     def _order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(self.num_pairs)
+        if epoch != self._epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._epoch, self._perm = epoch, rng.permutation(self.num_pairs)
+        return self._perm
 
     def _batch(self, index: int) -> dict:
         epoch, j = divmod(index, self.per_epoch)

@@ -361,3 +361,31 @@ def test_real_data_errors_name_the_problem(real_fixtures, tmp_path):
         dpo.main(dpo.tyro_config([*base, "--data.eval-pairs", "40"]))
     with pytest.raises(ValueError, match="fewer than --batch-size 64"):
         dpo.main(dpo.tyro_config(base))
+
+
+def test_pair_iterator_visits_every_pair_once_per_epoch_and_resumes():
+    rows = lambda idx: {"input_ids": np.stack([idx, idx], 1)}
+    extra = {"ref_chosen_logps": -np.arange(10.0)}
+    it = dpo.PairIterator(rows, num_pairs=10, batch_size=3, seed=0, extra=extra)
+    epoch = [next(it) for _ in range(3)]
+    seen = np.concatenate([b["index"] for b in epoch])
+    assert len(set(seen.tolist())) == 9  # 10 // 3 batches, no repeats within an epoch
+    np.testing.assert_array_equal(epoch[0]["ref_chosen_logps"], -epoch[0]["index"])
+    following = [next(it)["index"] for _ in range(3)]
+    assert not np.array_equal(np.concatenate(following), seen)  # a new order each epoch
+    again = dpo.PairIterator(rows, num_pairs=10, batch_size=3, seed=0, extra=extra)
+    again.set_state({"index": 4})
+    np.testing.assert_array_equal(next(again)["index"], following[1])
+
+
+def test_spearman_and_fingerprint_helpers():
+    x = np.array([0.1, 0.5, 0.2, 0.9])
+    assert dpo.spearman(x, x**3) == pytest.approx(1.0)
+    assert dpo.spearman(x, -x) == pytest.approx(-1.0)
+    assert np.isnan(dpo.spearman(x, np.ones(4)))
+    as_list = {"layers": [{"w": np.ones(2, np.float32)}]}
+    as_dict = {"layers": {"0": {"w": np.ones(2, np.float32)}}}
+    assert dpo.params_fingerprint(as_list) == dpo.params_fingerprint(as_dict)
+    assert dpo.params_fingerprint(as_list) != dpo.params_fingerprint(
+        {"layers": [{"w": np.ones(2, np.float64)}]}
+    )
