@@ -8,12 +8,15 @@ the same machine load:
    benchmarks (the bound below uses the first reading) and interleaved with the soft value
    iteration runs.
 2. **GAE and lambda-returns** on a time-major `[T, B] = [1024, 256]` float32 rollout with episode
-   ends: `jaxpref.bellman.*_time_major` (one scan over `[T, B]`) vs `rlax` (the `[T]` function
-   `jax.vmap`-ed over B) vs a NumPy loop over time vectorised over B. Reported: median
-   milliseconds, the speed ratios `rlax / jaxpref` and `numpy / jaxpref` (> 1 means jaxpref is
-   faster), and a memory-bandwidth bound: the bytes the computation must move (every input read
-   once, the output written once) divided by the measured bandwidth. `bound_ratio = time /
-   bound` (1 would be bandwidth-bound).
+   ends: `jaxpref.bellman.*_time_major` (one reverse loop over `[T, B]`; on CPU it overwrites the
+   TD errors, or a copy of the rewards, in place instead of stacking scan outputs) vs `rlax` (the
+   `[T]` function `jax.vmap`-ed over B) vs a NumPy loop over time vectorised over B. Reported:
+   median milliseconds, the speed ratios `rlax / jaxpref` and `numpy / jaxpref` (> 1 means
+   jaxpref is faster), and a memory-bandwidth bound: the bytes the computation must move (every
+   input read once, the output written once) divided by the measured bandwidth. `bound_ratio =
+   time / bound` (1 would be bandwidth-bound). Also timed: the gradient of `sum(output ** 2)`
+   with respect to the rewards and values (`grad_ms`, jaxpref vs the baseline), since the
+   in-place loop differentiates through its own JVP rule rather than through the loop.
 3. **Soft value iteration** on 64 random MDPs of 256 states x 8 actions with dense transitions,
    200 iterations, `jax.vmap`-ed over MDPs and jitted. Each iteration is a batched
    matrix-vector product reading the whole transition tensor, so the achieved read bandwidth is
@@ -50,6 +53,7 @@ class Config:
     lambda_: float = 0.95
     unroll: int | None = None  # scan unroll; None: jaxpref's default (1 on CPU, 32 on GPU)
     repeats: int = 50
+    grad_repeats: int = 20
     numpy_repeats: int = 5
     warmup: int = 3
     bandwidth_mib: int = 256
@@ -164,6 +168,15 @@ def returns_functions(lam: float, unroll: int | None = None):
     }
 
 
+def gradient_functions(fns: dict) -> dict:
+    """Jitted gradients of `sum(f(r, d, v) ** 2)` w.r.t. `r` and `v` for each function in `fns`."""
+
+    def grad_of(f):
+        return jax.jit(jax.grad(lambda r, d, v: jnp.sum(f(r, d, v) ** 2), argnums=(0, 2)))
+
+    return {name: grad_of(f) for name, f in fns.items()}
+
+
 def bench_returns(config: Config, bandwidth_gbs: float) -> dict:
     """GAE and lambda-returns: jaxpref vs rlax vs NumPy, with the bandwidth bound."""
     r, d, values = rollout_inputs(config.steps, config.batch, config.seed)
@@ -194,6 +207,12 @@ def bench_returns(config: Config, bandwidth_gbs: float) -> dict:
         timed["numpy"] = time_interleaved(
             {"numpy": np_fns[name]}, repeats=config.numpy_repeats, warmup=1
         )["numpy"]
+        grads = gradient_functions(fns[name])
+        grad_ms = time_interleaved(
+            {impl: (lambda g=g: g(*a)) for impl, g in grads.items()},
+            repeats=config.grad_repeats,
+            warmup=1,
+        )
         ours = np.asarray(fns[name]["jaxpref"](*a))
         diff_base = float(np.max(np.abs(ours - np.asarray(fns[name][baseline](*a)))))
         diff_numpy = float(np.max(np.abs(ours - np_fns[name]())))
@@ -208,6 +227,8 @@ def bench_returns(config: Config, bandwidth_gbs: float) -> dict:
             "bound_ratio": round(timed["jaxpref"] / bound_ms, 3),
             f"max_abs_diff_vs_{baseline}": diff_base,
             "max_abs_diff_vs_numpy": diff_numpy,
+            "grad_ms": {k: round(v, 4) for k, v in grad_ms.items()},
+            f"grad_speedup_vs_{baseline}": round(grad_ms[baseline] / grad_ms["jaxpref"], 3),
         }
     return out
 

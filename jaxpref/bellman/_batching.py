@@ -1,7 +1,8 @@
 """Batched returns and advantages: time-major `[T, B]` rollouts and masked batch-major `[B, T]`.
 
-Time-major functions scan the `[T, B]` arrays directly (one reverse scan whose carry is a `[B]`
-vector) and equal `jax.vmap` of the single-trajectory function over axis 1. Their arguments
+Time-major functions scan the `[T, B]` arrays directly (one reverse loop whose carry is a `[B]`
+vector, run in place over the TD errors or a copy of the rewards when not unrolled; see
+`_multistep`) and equal `jax.vmap` of the single-trajectory function over axis 1. Their arguments
 follow the single-trajectory functions exactly, with an extra trailing batch axis.
 
 Batch-major functions are the language-model case: rows are sequences, and `mask` (`[B, T]`,
@@ -71,8 +72,8 @@ def lambda_returns_time_major(
       v_t: `[T, B]` bootstrap values of the states reached.
       lambda_: scalar or `[T, B]` mixing parameter.
       stop_target_gradients: if True, no gradient flows through the returns.
-      unroll: `lax.scan` unroll factor, a speed knob (results agree to float rounding); None
-        picks 1 on CPU and 32 on accelerators.
+      unroll: loop unroll factor, a speed knob (results agree to float rounding); None picks 1
+        on CPU and 32 on accelerators. With 1 the loop overwrites a copy of `r_t` in place.
 
     Returns:
       `[T, B]` lambda-returns.
@@ -93,7 +94,7 @@ def lambda_returns_time_major(
     _per_step(fn, "lambda_", lambda_, shape)
     r_t, discount_t, v_t, lambda_ = _floats(r_t, discount_t, v_t, lambda_)
     returns = _scan_lambda_returns(
-        r_t, discount_t, v_t, lambda_, unroll=_resolve_unroll(fn, unroll)
+        r_t, discount_t, v_t, lambda_, unroll=_resolve_unroll(fn, unroll), in_place=True
     )
     return _maybe_stop(returns, stop_target_gradients)
 
@@ -115,7 +116,8 @@ def discounted_returns_time_major(
       discount_t: `[T, B]` discounts (0 at episode ends).
       v_t: bootstrap values: a scalar, `[B]`, or `[T, B]` (of which only row `T - 1` is used).
       stop_target_gradients: if True, no gradient flows through the returns.
-      unroll: `lax.scan` unroll factor (None: 1 on CPU, 32 on accelerators).
+      unroll: loop unroll factor (None: 1 on CPU, 32 on accelerators); with 1 the loop
+        overwrites a copy of `r_t` in place.
 
     Returns:
       `[T, B]` discounted returns.
@@ -143,7 +145,7 @@ def discounted_returns_time_major(
     r_t, discount_t, v_t = _floats(r_t, discount_t, v_t)
     bootstrap = v_t[-1] if v_t.ndim == 2 else jnp.broadcast_to(v_t, shape[1:])
     returns = _scan_discounted_returns(
-        r_t, discount_t, bootstrap, unroll=_resolve_unroll(fn, unroll)
+        r_t, discount_t, bootstrap, unroll=_resolve_unroll(fn, unroll), in_place=True
     )
     return _maybe_stop(returns, stop_target_gradients)
 
@@ -211,7 +213,8 @@ def truncated_generalized_advantage_estimation_time_major(
       lambda_: scalar or `[T, B]` mixing parameter.
       values: `[T + 1, B]` state values, the last row being the bootstrap.
       stop_target_gradients: if True, no gradient flows through the advantages.
-      unroll: `lax.scan` unroll factor (None: 1 on CPU, 32 on accelerators).
+      unroll: loop unroll factor (None: 1 on CPU, 32 on accelerators); with 1 the loop
+        overwrites the TD errors in place.
 
     Returns:
       `[T, B]` advantages.
@@ -239,7 +242,9 @@ def truncated_generalized_advantage_estimation_time_major(
     check_rank("lambda_", lambda_, (0, 2), fn=fn)
     _per_step(fn, "lambda_", lambda_, shape)
     r_t, discount_t, lambda_, values = _floats(r_t, discount_t, lambda_, values)
-    advantages = _scan_gae(r_t, discount_t, lambda_, values, unroll=_resolve_unroll(fn, unroll))
+    advantages = _scan_gae(
+        r_t, discount_t, lambda_, values, unroll=_resolve_unroll(fn, unroll), in_place=True
+    )
     return _maybe_stop(advantages, stop_target_gradients)
 
 
