@@ -740,6 +740,48 @@ def run_dpo(
     )
 
 
+def train_and_summarise(
+    config: Config, model_def, ref_params, batches, out: pathlib.Path, hparams, evaluator, **mesh
+) -> tuple[dict, Any, list, list]:
+    """Runs (or resumes) DPO, evaluates the final policy, and summarises the run.
+
+    Returns:
+      `(summary, final_params, train_records, eval_records)`: the report fields both the
+      synthetic and the real-data runs share (gold-reward fields None), then the final
+      parameters and the deduplicated metric records of the DPO stage.
+    """
+    result = run_dpo(config, model_def, ref_params, batches, out / "dpo", hparams,
+                     eval_fn=evaluator, **mesh)  # fmt: skip
+    params = jax.device_get(result.state.params)
+    _log("evaluating")
+    final = evaluator(params)
+    records = read_metrics(out / "dpo")
+    evals = _dedup_by_step([r for r in records if r.get("split") == "eval"])
+    trains = _dedup_by_step([r for r in records if r.get("split") == "train"])
+    first = evals[0] if evals else final
+    rates = [r["perf/tokens_per_s"] for r in trains if "perf/tokens_per_s" in r]
+    summary = {
+        "loss_name": config.loss.name,
+        "beta": config.loss.beta,
+        "steps": int(result.step),
+        "gold_reward_ref": final.get("gold_reward_ref"),
+        "gold_reward_policy": final.get("gold_reward_policy"),
+        "win_rate_vs_ref": final.get("win_rate_vs_ref"),
+        "kl_to_ref": final["kl_to_ref"],
+        "implicit_reward_chosen_start": first["implicit_reward_chosen"],
+        "implicit_reward_chosen_end": final["implicit_reward_chosen"],
+        "implicit_reward_rejected_start": first["implicit_reward_rejected"],
+        "implicit_reward_rejected_end": final["implicit_reward_rejected"],
+        "implicit_reward_start_step": int(first.get("step", result.step)),
+        "implicit_reward_accuracy": final["implicit_reward_accuracy"],
+        "token_credit_spearman": final.get("token_credit_spearman"),
+        "tokens_per_s": float(np.median(rates)) if rates else None,
+        "final_params_fingerprint": params_fingerprint(params),
+        "reference_params_fingerprint": params_fingerprint(ref_params),
+    }
+    return summary, params, trains, evals
+
+
 # ------------------------------------------------------------------------------------------
 # Main.
 
@@ -820,55 +862,23 @@ def _main_synthetic(config: Config, out: pathlib.Path, hparams: Mapping) -> dict
         f"{config.loss.name} (beta={beta}) for {config.loop.steps} steps of "
         f"{config.batch_size} pairs, reference {config.reference}"
     )
-    result = run_dpo(
-        config,
-        model_def,
-        ref_params,
-        batches,
-        out / "dpo",
-        hparams,
-        eval_fn=evaluator,
-        mesh=mesh,
-        rules=rules,
+    summary, params, trains, evals = train_and_summarise(
+        config, model_def, ref_params, batches, out, hparams, evaluator, mesh=mesh, rules=rules
     )
-    params = jax.device_get(result.state.params)
-
-    _log("evaluating")
-    final = evaluator(params)
     optimum = _optimum_reference(data, beta, eval_pairs)
-    dpo_records = read_metrics(out / "dpo")
-    evals = _dedup_by_step([r for r in dpo_records if r.get("split") == "eval"])
-    first = evals[0] if evals else final
-    trains = _dedup_by_step([r for r in dpo_records if r.get("split") == "train"])
-    rates = [r["perf/tokens_per_s"] for r in trains if "perf/tokens_per_s" in r]
     token_rewards = evaluator.token_implicit_rewards(params)
     report = {
-        "loss_name": config.loss.name,
-        "beta": beta,
-        "steps": int(result.step),
-        "gold_reward_ref": final["gold_reward_ref"],
-        "gold_reward_policy": final["gold_reward_policy"],
-        "win_rate_vs_ref": final["win_rate_vs_ref"],
-        "kl_to_ref": final["kl_to_ref"],
-        "implicit_reward_chosen_start": first["implicit_reward_chosen"],
-        "implicit_reward_chosen_end": final["implicit_reward_chosen"],
-        "implicit_reward_rejected_start": first["implicit_reward_rejected"],
-        "implicit_reward_rejected_end": final["implicit_reward_rejected"],
-        "implicit_reward_start_step": int(first.get("step", result.step)),
-        "implicit_reward_accuracy": final["implicit_reward_accuracy"],
-        "token_credit_spearman": final["token_credit_spearman"],
-        "tokens_per_s": float(np.median(rates)) if rates else None,
-        "final_params_fingerprint": params_fingerprint(params),
-        "reference_params_fingerprint": ref_fp,
+        **summary,
         "exact": {k: v for k, v in optimum.items() if k != "token_implicit_optimum"},
         "reference_fit": _reference_fit(data, model_def, ref_params),
         "eval_samples": int(t.num_eval_prompts),
         "eval_pairs": int(t.num_eval_pairs),
         "wall_s_this_session": round(time.perf_counter() - t0, 1),
         "acceptance": {
-            "policy_gold_reward_above_ref": final["gold_reward_policy"] > final["gold_reward_ref"],
-            "win_rate_vs_ref_ge_0.65": final["win_rate_vs_ref"] >= 0.65,
-            "token_credit_spearman_ge_0.3": final["token_credit_spearman"] >= 0.3,
+            "policy_gold_reward_above_ref": summary["gold_reward_policy"]
+            > summary["gold_reward_ref"],
+            "win_rate_vs_ref_ge_0.65": summary["win_rate_vs_ref"] >= 0.65,
+            "token_credit_spearman_ge_0.3": summary["token_credit_spearman"] >= 0.3,
         },
     }
     _plots_synthetic(out, config, trains, evals, report, eval_pairs, token_rewards, optimum)
@@ -1031,42 +1041,11 @@ def _main_real(config: Config, out: pathlib.Path, hparams: Mapping) -> dict:
         f"{d.path} for {config.loop.steps} steps"
     )
     batches = iter(pipeline(train_records, config.batch_size, config.loop.seed))
-    result = run_dpo(
-        config,
-        model_def,
-        ref_params,
-        batches,
-        out / "dpo",
-        hparams,
-        eval_fn=evaluator,
-        mesh=mesh,
-        rules=rules,
+    summary, _, trains, evals = train_and_summarise(
+        config, model_def, ref_params, batches, out, hparams, evaluator, mesh=mesh, rules=rules
     )
-    params = jax.device_get(result.state.params)
-    final = evaluator(params)
-    dpo_records = read_metrics(out / "dpo")
-    evals = _dedup_by_step([r for r in dpo_records if r.get("split") == "eval"])
-    first = evals[0] if evals else final
-    trains = _dedup_by_step([r for r in dpo_records if r.get("split") == "train"])
-    rates = [r["perf/tokens_per_s"] for r in trains if "perf/tokens_per_s" in r]
     report = {
-        "loss_name": config.loss.name,
-        "beta": config.loss.beta,
-        "steps": int(result.step),
-        "gold_reward_ref": None,
-        "gold_reward_policy": None,
-        "win_rate_vs_ref": None,
-        "kl_to_ref": final["kl_to_ref"],
-        "implicit_reward_chosen_start": first["implicit_reward_chosen"],
-        "implicit_reward_chosen_end": final["implicit_reward_chosen"],
-        "implicit_reward_rejected_start": first["implicit_reward_rejected"],
-        "implicit_reward_rejected_end": final["implicit_reward_rejected"],
-        "implicit_reward_start_step": int(first.get("step", result.step)),
-        "implicit_reward_accuracy": final["implicit_reward_accuracy"],
-        "token_credit_spearman": None,
-        "tokens_per_s": float(np.median(rates)) if rates else None,
-        "final_params_fingerprint": params_fingerprint(params),
-        "reference_params_fingerprint": params_fingerprint(ref_params),
+        **summary,
         "data": {
             "path": d.path,
             "records": read_report.num_records,
