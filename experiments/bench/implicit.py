@@ -22,15 +22,28 @@ The headline comparison is `implicit` vs `unrolled` (same solver, same forward l
 
 Times and memory are measured separately, so that each is as clean as a shared machine allows:
 
-* timing: one subprocess per (problem, N) builds every method `--builds` times, interleaved
-  (implicit, unrolled, jaxopt, ..., implicit, ...), then times `--repeats` calls per method
+* timing: one subprocess per (problem, N) first builds every method once, untimed (process
+  warm-up: the first compilation in a process pays one-time costs), then builds every method
+  `--builds` times in rounds whose orders cycle through a Williams design (`balanced_orders`:
+  every method directly follows every other one equally often, so that a heavy configuration
+  slowing down whatever runs next, as `jaxopt_unrolled` does, penalises no method more than
+  another; a mere rotation would not, since it keeps each method's predecessor), with a full
+  garbage collection before each build (so that one build's garbage is not collected inside the
+  next one's timing). Each build uses fresh closures (so it is really re-traced and recompiled;
+  the workers also turn JAX's persistent compilation cache off) and times its first call stage
+  by stage with JAX's ahead-of-time API: `trace` (Python tracing, including autodiff), `lower`
+  (to StableHLO), `compile` (XLA) and the first run. `compile_and_first_run_s` is the median
+  over the builds of the sum of the four stages (the work of a first `jax.jit` call);
+  `stages_s` holds the median of each stage. Then `--repeats` calls per method are timed
   round-robin (at least `--repeats` rounds and at least `--min-time` seconds per method; each
-  timed call follows an untimed call of the same method, so that one method's memory traffic
-  does not slow the next one's measurement).
-  `compile_and_first_run_s` is the median over the builds of the first call's wall
-  time (trace + compile + run; every build uses fresh closures, so it is really recompiled);
-  `median_s` is the median steady-state call. Ratios therefore compare measurements taken in the
-  same process, interleaved in time.
+  timed call follows an untimed call of the same method, and the rounds cycle through the same
+  balanced orders: a call right after `jaxopt_unrolled` (hundreds of MiB of residuals) can take
+  up to twice as long, even after one untimed call, so a fixed order would always penalise the
+  method that follows it); `median_s` is the median steady-state call. Ratios therefore compare
+  measurements taken in the same process, interleaved in time;
+  `compile_and_first_run_implicit_over_jaxopt_paired` is the median over rounds of the ratio of
+  the two builds of the same round (adjacent in time, so slow drifts of the machine's load
+  cancel), next to the ratio of the medians.
 * memory: one subprocess per (problem, method, N) compiles and runs that configuration once.
   `net_peak_rss_mib` is its peak resident memory (`ru_maxrss`) minus that of a baseline subprocess
   which imports the same modules, builds the same inputs and compiles a trivial function (it
@@ -38,13 +51,14 @@ Times and memory are measured separately, so that each is as clean as a shared m
   analysis (`temp_size_in_bytes`, the scratch buffers the program allocates), a deterministic
   measure of the memory the computation itself needs.
 
-Usage: `python -m experiments.bench.implicit [--n 500 --d 100 --steps 100 1000 10000]`.
+Usage: `python -m experiments.bench.implicit [--n 500 --d 100 --steps 100 1000 10000 --builds 8]`.
 Prints one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import resource
 import statistics
@@ -155,13 +169,44 @@ def _import_all():
     import jaxpref.solvers  # noqa: F401
 
 
+def balanced_orders(items) -> list[list]:
+    """Orders of `items` in which every item directly follows every other one equally often.
+
+    A Williams design: row `r` is `r, r+1, r-1, r+2, r-2, ...` (mod `k`), then the same rows
+    reversed, in reverse order (needed for odd `k`; for any `k` it also spreads the pairs formed
+    across consecutive rows). Cycling through the rows balances first-order carry-over effects
+    (one configuration slowing down whatever runs right after it), which rotating a single order
+    does not: a rotation keeps every item's predecessor the same.
+    """
+    k = len(items)
+    first, lo, hi = [0], 1, k - 1
+    while len(first) < k:
+        first.append(lo)
+        lo += 1
+        if len(first) < k:
+            first.append(hi)
+            hi -= 1
+    rows = [[items[(r + i) % k] for i in first] for r in range(k)]
+    return rows + [row[::-1] for row in reversed(rows)]
+
+
 def _first_call(method, problem, steps, n, d):
+    """Builds `method` afresh and times its first call by stage (trace, lower, compile, run)."""
     import jax
 
     fn, lam = make_hypergradient(method, problem, steps, n, d)
+    gc.collect()
     t0 = time.perf_counter()
-    value, grad = jax.block_until_ready(fn(lam))
-    return fn, lam, time.perf_counter() - t0, float(value), float(grad)
+    traced = fn.trace(lam)
+    t1 = time.perf_counter()
+    lowered = traced.lower()
+    t2 = time.perf_counter()
+    compiled = lowered.compile()
+    t3 = time.perf_counter()
+    value, grad = jax.block_until_ready(compiled(lam))
+    t4 = time.perf_counter()
+    stages = {"trace_s": t1 - t0, "lower_s": t2 - t1, "compile_s": t3 - t2, "first_run_s": t4 - t3}
+    return compiled, lam, t4 - t0, stages, float(value), float(grad)
 
 
 def run_timing(
@@ -179,12 +224,18 @@ def run_timing(
     import jax
 
     _import_all()
+    methods = list(methods)
+    orders = balanced_orders(methods)
+    for m in methods:  # warm-up build, untimed
+        _first_call(m, problem, steps, n, d)
     firsts = {m: [] for m in methods}
+    stages = {m: [] for m in methods}
     fns = {}
-    for _ in range(builds):
-        for m in methods:
-            fn, lam, first, value, grad = _first_call(m, problem, steps, n, d)
+    for r in range(builds):
+        for m in orders[r % len(orders)]:
+            fn, lam, first, stage, value, grad = _first_call(m, problem, steps, n, d)
             firsts[m].append(first)
+            stages[m].append(stage)
             fns[m] = (fn, lam, value, grad)
     times = {m: [] for m in methods}
     rounds = 0
@@ -192,7 +243,7 @@ def run_timing(
     while rounds < repeats or (
         rounds < 200 and repeats > 0 and min(sum(t) for t in times.values()) < min_time_s
     ):
-        for m in methods:
+        for m in orders[rounds % len(orders)]:
             fn, lam = fns[m][:2]
             jax.block_until_ready(fn(lam))  # untimed: absorbs the previous method's after-effects
             t0 = time.perf_counter()
@@ -207,6 +258,9 @@ def run_timing(
             "hypergradient": grad,
             "compile_and_first_run_s": statistics.median(firsts[m]),
             "compile_and_first_run_all_s": firsts[m],
+            "stages_s": {
+                key: statistics.median(stage[key] for stage in stages[m]) for key in stages[m][0]
+            },
             "median_s": statistics.median(times[m]) if times[m] else min(firsts[m]),
         }
     return out
@@ -269,6 +323,16 @@ def _ratio(a, b, digits=3):
     return None if a is None or b is None or b == 0 else round(a / b, digits)
 
 
+def _paired_ratio(ours, theirs, digits=3):
+    """Median over build rounds of ours/theirs `compile_and_first_run` (same-round builds)."""
+    if ours is None or theirs is None:
+        return None
+    pairs = zip(
+        ours["compile_and_first_run_all_s"], theirs["compile_and_first_run_all_s"], strict=True
+    )
+    return round(statistics.median(a / b for a, b in pairs), digits)
+
+
 def summarise(timing: dict, memory: dict, baseline_mib: float, steps: list[int]) -> dict:
     """Per-method tables and target checks from `timing[steps][method]` and
     `memory[(method, steps)]`."""
@@ -282,6 +346,7 @@ def summarise(timing: dict, memory: dict, baseline_mib: float, steps: list[int])
             rows[str(s)] = {
                 "median_s": round(t["median_s"], 5),
                 "compile_and_first_run_s": round(t["compile_and_first_run_s"], 4),
+                "stages_s": {key: round(v, 4) for key, v in t.get("stages_s", {}).items()},
                 "temp_mib": None if mem.get("temp_mib") is None else round(mem["temp_mib"], 3),
                 "net_peak_rss_mib": None
                 if "peak_rss_mib" not in mem
@@ -321,6 +386,16 @@ def summarise(timing: dict, memory: dict, baseline_mib: float, steps: list[int])
             )
             for s in steps
         },
+        "compile_and_first_run_implicit_over_jaxopt_paired": {
+            str(s): _paired_ratio(timing[s].get("implicit"), timing[s].get("jaxopt")) for s in steps
+        },
+        "stages_implicit_over_jaxopt": {
+            str(s): {
+                key: _ratio(get(imp, s, "stages_s").get(key), get(jo, s, "stages_s").get(key))
+                for key in get(imp, s, "stages_s") or {}
+            }
+            for s in steps
+        },
         "median_implicit_over_jaxopt": {
             str(s): _ratio(get(imp, s, "median_s"), get(jo, s, "median_s")) for s in steps
         },
@@ -355,7 +430,7 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, nargs="+", default=[100, 1000, 10000])
     p.add_argument("--problems", nargs="+", choices=PROBLEMS, default=list(PROBLEMS))
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--builds", type=int, default=5)
+    p.add_argument("--builds", type=int, default=8)
     p.add_argument(
         "--min-time", type=float, default=1.0, help="seconds of timed calls per method, at least"
     )
@@ -368,6 +443,12 @@ def main(argv=None) -> dict:
     p.add_argument("--worker", default=None, help="internal: 'timing', 'baseline' or a method")
     args = p.parse_args(argv)
     problem, steps = args.problems[0], args.steps[0]
+    if args.worker:
+        import jax
+
+        # Every build must really compile: no persistent compilation cache (which an environment
+        # variable could enable), since the fresh builds of one method produce identical programs.
+        jax.config.update("jax_enable_compilation_cache", False)
     if args.worker == "timing":
         res = run_timing(
             problem,

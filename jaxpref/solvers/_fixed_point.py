@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from jaxpref.solvers._base import IterativeSolver, tree_l2_norm
+from jaxpref.solvers._base import IterativeSolver, _traced_once, tree_l2_norm
 
 __all__ = [
     "AndersonAcceleration",
@@ -31,6 +31,7 @@ class _FixedPointMap:
     fixed_point_fun: Callable
     has_aux: bool
 
+    @_traced_once
     def _map(self, x, *args):
         out = self.fixed_point_fun(x, *args)
         return out[0] if self.has_aux else out

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxpref.solvers._base import IterativeSolver, tree_l2_norm
+from jaxpref.solvers._base import IterativeSolver, _trace_memo, _traced_once, tree_l2_norm
 
 __all__ = [
     "GradientDescent",
@@ -35,16 +35,23 @@ class _Objective:
     fun: Callable
     has_aux: bool
 
-    def _value(self, x, *args):
+    def _objective(self, x, *args):
         out = self.fun(x, *args)
         return out[0] if self.has_aux else out
 
+    @_traced_once
+    def _value(self, x, *args):  # for line searches; steps use `_value_and_grad`
+        return self._objective(x, *args)
+
+    @_traced_once
     def _value_and_grad(self, x, *args):
-        return jax.value_and_grad(self._value)(x, *args)
+        return jax.value_and_grad(self._objective)(x, *args)
 
     def optimality_fun(self, x, *args):
         """Stationarity residual `grad_x fun(x, *args)`."""
-        return jax.grad(self._value)(x, *args)
+        if _trace_memo(self) is not None:
+            return self._value_and_grad(x, *args)[1]  # reuses the solver's traced gradient
+        return jax.grad(self._objective)(x, *args)
 
     def aux_fun(self, x, *args):
         """Auxiliary output of `fun` at `x` (None unless `has_aux`)."""
@@ -263,8 +270,9 @@ class ProjectedGradient(_Objective, IterativeSolver):
     learning_rate: float
     has_aux: bool = False
 
+    @_traced_once
     def _map(self, x, hyperparams_proj, *args):
-        grad = jax.grad(self._value)(x, *args)
+        grad = jax.grad(self._objective)(x, *args)
         moved = jax.tree.map(lambda p, g: p - self.learning_rate * g, x, grad)
         return self.projection(moved, hyperparams_proj)
 

@@ -10,10 +10,14 @@ not grow with the number of solver iterations.
 Contract (as in jaxopt): the solver `solver_fun(init, *args)` and the optimality function
 `optimality_fun(x, *args)` share a signature; gradients flow to every positional argument after
 `init` (pytrees of arrays allowed), and `init` receives a zero gradient. Keyword arguments are
-matched to positions through the signature of `optimality_fun`. Arrays closed over by the two
-functions (for example an outer parameter captured by a lambda) are hoisted into explicit
-arguments with `jax.closure_convert`, so they receive exact gradients too; passing every
-differentiated quantity as a positional argument remains the clearest style.
+matched to positions through the signature of `optimality_fun`. Differentiable values closed over
+by the two functions (for example an outer parameter captured by a lambda) are hoisted into
+explicit arguments, so they receive exact gradients too; passing every differentiated quantity as
+a positional argument remains the clearest style.
+
+Each of the two functions is traced to a jaxpr exactly once per call: the forward pass and the
+backward pass evaluate those jaxprs instead of re-running the Python code, and nothing is cached
+beyond the call (closed-over arrays are released with the functions that hold them).
 
 References:
   Blondel, Berthet, Cuturi, Frostig, Hoyer, Llinares-Lopez, Pedregosa, Vert. "Efficient and
@@ -157,6 +161,40 @@ def _signature(fun: Callable) -> inspect.Signature | None:
         return None
 
 
+def _maybe_differentiated(value) -> bool:
+    """Whether a closed-over value may carry a derivative: a tracer of an inexact dtype."""
+    return isinstance(value, jax.core.Tracer) and jnp.issubdtype(value.dtype, jnp.inexact)
+
+
+def _closure_convert(fun: Callable, example_args: tuple) -> tuple[Callable, list]:
+    """Traces `fun(*example_args)` once; returns `(converted, hoisted)`.
+
+    `hoisted` lists the closed-over values that may carry derivatives (tracers of enclosing
+    transformations), and `converted(*args, *hoisted)` evaluates the traced jaxpr with them as
+    explicit inputs, without running the Python code of `fun` again. Unlike `jax.closure_convert`,
+    nothing is cached across calls.
+    """
+    closed, out_shape = jax.make_jaxpr(lambda *a: fun(*a), return_shape=True)(*example_args)
+    in_tree = jax.tree.structure(example_args)
+    out_tree = jax.tree.structure(out_shape)
+    jaxpr, consts = closed.jaxpr, closed.consts
+    is_hoisted = [_maybe_differentiated(c) for c in consts]
+    hoisted = [c for c, h in zip(consts, is_hoisted, strict=True) if h]
+    kept = [c for c, h in zip(consts, is_hoisted, strict=True) if not h]
+    num_args = len(example_args)
+
+    def converted(*args_and_hoisted):
+        args, values = args_and_hoisted[:num_args], args_and_hoisted[num_args:]
+        leaves, tree = jax.tree.flatten(args)
+        if tree != in_tree:
+            raise TypeError(f"expected arguments with structure {in_tree}, got {tree}.")
+        values_it, kept_it = iter(values), iter(kept)
+        all_consts = [next(values_it) if h else next(kept_it) for h in is_hoisted]
+        return jax.tree.unflatten(out_tree, jax.core.eval_jaxpr(jaxpr, all_consts, *leaves))
+
+    return converted, hoisted
+
+
 def _implicit_root_call(
     solver_fun: Callable,
     optimality_fun: Callable,
@@ -170,10 +208,11 @@ def _implicit_root_call(
     theorem (internal entry point shared by `custom_root` and the iterative solvers)."""
     args = tuple(args)
     init = jax.tree.map(jnp.asarray, init)
-    # Hoist differentiated values captured in closures into explicit arguments, so that the
-    # custom VJP sees them (and, for the optimality function, differentiates them).
-    solver_c, solver_consts = jax.closure_convert(lambda x0, *a: solver_fun(x0, *a), init, *args)
-    opt_c, opt_consts = jax.closure_convert(lambda x, *a: optimality_fun(x, *a), init, *args)
+    # Trace both functions once, hoisting differentiable values captured in their closures into
+    # explicit arguments, so that the custom VJP sees them (and, for the optimality function,
+    # differentiates them).
+    solver_c, solver_consts = _closure_convert(solver_fun, (init, *args))
+    opt_c, opt_consts = _closure_convert(optimality_fun, (init, *args))
     n_args = len(args)
 
     @jax.custom_vjp
@@ -188,7 +227,7 @@ def _implicit_root_call(
     def run_bwd(res, cotangent):
         sol, a, oc = res
         ct_sol = cotangent[0] if has_aux else cotangent
-        grads = root_vjp(lambda x, *ac: opt_c(x, *ac), sol, (*a, *oc), ct_sol, solve=solve)
+        grads = root_vjp(opt_c, sol, (*a, *oc), ct_sol, solve=solve)
         return None, tuple(grads[:n_args]), list(grads[n_args:]), None
 
     run.defvjp(run_fwd, run_bwd)

@@ -10,6 +10,7 @@ hundred unknowns. Any of them, with options bound by `functools.partial`, can be
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -73,7 +74,94 @@ def solve_cg(
       [0.0909, 0.6364]
     """
     matvec = _with_ridge(matvec, ridge)
-    return jsp.sparse.linalg.cg(matvec, b, x0=init, tol=tol, atol=atol, maxiter=maxiter)[0]
+    b = jax.tree.map(jnp.asarray, b)
+    zero_init = init is None
+    init = jax.tree.map(jnp.zeros_like, b) if zero_init else jax.tree.map(jnp.asarray, init)
+    if jax.tree.structure(init) != jax.tree.structure(b) or _shapes(init) != _shapes(b):
+        raise ValueError(
+            "solve_cg: `init` must have the structure and shapes of `b`, got "
+            f"{jax.tree.structure(init)} {_shapes(init)} vs {jax.tree.structure(b)} {_shapes(b)}."
+        )
+    if maxiter is None:
+        maxiter = 10 * sum(leaf.size for leaf in jax.tree.leaves(b))
+    loop = _traced_once_per_operator(
+        functools.partial(
+            _cg_loop, x0=init, zero_init=zero_init, tol=tol, atol=atol, maxiter=maxiter
+        )
+    )
+    # Real right-hand sides: the operator is symmetric, so the transposed solve (used when
+    # differentiating the solution) reuses the traced loop.
+    real = all(not jnp.iscomplexobj(leaf) for leaf in jax.tree.leaves(b))
+    return jax.lax.custom_linear_solve(matvec, b, solve=loop, transpose_solve=loop, symmetric=real)
+
+
+def _shapes(tree) -> list[tuple[int, ...]]:
+    return [jnp.shape(leaf) for leaf in jax.tree.leaves(tree)]
+
+
+def _tree_vdot_real(x, y) -> jax.Array:
+    """`Re <x, y>` summed over the leaves (highest matmul precision)."""
+    total = None
+    for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y), strict=True):
+        term = jnp.vdot(a.real, b.real, precision=jax.lax.Precision.HIGHEST)
+        if jnp.iscomplexobj(a) or jnp.iscomplexobj(b):
+            term = term + jnp.vdot(a.imag, b.imag, precision=jax.lax.Precision.HIGHEST)
+        total = term if total is None else total + term
+    return total
+
+
+def _cg_loop(
+    matvec: Callable,
+    b: Any,
+    *,
+    x0: Any,
+    zero_init: bool,
+    tol: float,
+    atol: float,
+    maxiter: int,
+) -> Any:
+    """Conjugate-gradient iterations from `x0` until `||r||^2 <= max(tol^2 ||b||^2, atol^2)`."""
+    threshold = jnp.maximum(jnp.square(tol) * _tree_vdot_real(b, b), jnp.square(atol))
+    # From the zero initial point the residual is `b` itself (no product with A needed).
+    r0 = b if zero_init else jax.tree.map(jnp.subtract, b, matvec(x0))
+    dtype = jnp.result_type(*jax.tree.leaves(r0))
+    gamma0 = _tree_vdot_real(r0, r0).astype(dtype)
+
+    def cond(carry):
+        _, _, gamma, _, k = carry
+        return (gamma.real > threshold) & (k < maxiter)
+
+    def body(carry):
+        x, r, gamma, p, k = carry
+        ap = matvec(p)
+        alpha = gamma / _tree_vdot_real(p, ap).astype(dtype)
+        x = jax.tree.map(lambda xi, pi: xi + alpha * pi, x, p)
+        r = jax.tree.map(lambda ri, api: ri - alpha * api, r, ap)
+        gamma_next = _tree_vdot_real(r, r).astype(dtype)
+        beta = gamma_next / gamma
+        p = jax.tree.map(lambda ri, pi: ri + beta * pi, r, p)
+        return x, r, gamma_next, p, k + 1
+
+    return jax.lax.while_loop(cond, body, (x0, r0, gamma0, r0, 0))[0]
+
+
+def _traced_once_per_operator(loop: Callable) -> Callable:
+    """Wraps `loop(matvec, b)` so that a second call with the same `matvec` and argument types
+    (the transposed solve of a symmetric system) evaluates the jaxpr traced by the first call."""
+    memo = {}
+
+    def solve(matvec, b):
+        leaves, tree = jax.tree.flatten(b)
+        key = (matvec, tree, tuple(jax.typeof(leaf) for leaf in leaves))
+        if key not in memo:
+            closed, out_shape = jax.make_jaxpr(lambda v: loop(matvec, v), return_shape=True)(b)
+            memo[key] = (closed, jax.tree.structure(out_shape))
+        closed, out_tree = memo[key]
+        return jax.tree.unflatten(
+            out_tree, jax.core.eval_jaxpr(closed.jaxpr, closed.consts, *leaves)
+        )
+
+    return solve
 
 
 def solve_normal_cg(
