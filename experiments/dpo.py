@@ -129,6 +129,24 @@ class ModelSpec:
     hf_path: str | None = None
     seed: int = 0
 
+    def build(self, vocab_size: int, max_seq_len: int):
+        """A freshly initialised `jaxpref.models.Transformer` of this shape."""
+        from flax import nnx
+
+        from jaxpref.models import Transformer, preset
+
+        cfg = preset(
+            self.preset,
+            vocab_size=vocab_size,
+            d_model=self.d_model,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            max_seq_len=max_seq_len,
+            dtype=self.dtype,
+        )
+        return Transformer(cfg, rngs=nnx.Rngs(self.seed))
+
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
@@ -408,22 +426,8 @@ def _dedup_by_step(records: list[dict]) -> list[dict]:
 
 
 def _synthetic_model(config: Config):
-    from flax import nnx
-
-    from jaxpref.models import Transformer, preset
-
-    t, m = config.task, config.model
-    cfg = preset(
-        m.preset,
-        vocab_size=t.vocab_size,
-        d_model=m.d_model,
-        num_layers=m.num_layers,
-        num_heads=m.num_heads,
-        mlp_dim=m.mlp_dim,
-        max_seq_len=t.prompt_length + t.completion_length,
-        dtype=m.dtype,
-    )
-    return Transformer(cfg, rngs=nnx.Rngs(m.seed))
+    t = config.task
+    return config.model.build(t.vocab_size, t.prompt_length + t.completion_length)
 
 
 # ------------------------------------------------------------------------------------------
@@ -925,9 +929,8 @@ def _real_tokenizer(config: Config):
 
 
 def _real_model(config: Config, tokenizer):
-    from flax import nnx
 
-    from jaxpref.models import Transformer, from_hf, preset
+    from jaxpref.models import from_hf
 
     m, d = config.model, config.data
     if m.hf_path is not None:
@@ -944,17 +947,7 @@ def _real_model(config: Config, tokenizer):
                 f"{model.config.max_seq_len}."
             )
         return model
-    cfg = preset(
-        m.preset,
-        vocab_size=tokenizer.vocab_size,
-        d_model=m.d_model,
-        num_layers=m.num_layers,
-        num_heads=m.num_heads,
-        mlp_dim=m.mlp_dim,
-        max_seq_len=d.max_length,
-        dtype=m.dtype,
-    )
-    return Transformer(cfg, rngs=nnx.Rngs(m.seed))
+    return m.build(tokenizer.vocab_size, d.max_length)
 
 
 class _ChosenRows:
