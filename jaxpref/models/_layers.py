@@ -8,6 +8,9 @@ Every parameter is an `nnx.Param` whose `out_sharding` metadata holds *logical* 
 
 from __future__ import annotations
 
+import functools
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -60,6 +63,28 @@ def logical_param(
     return nnx.Param(value.astype(dtype), out_sharding=tuple(axes), eager_sharding=False)
 
 
+@functools.cache
+def _matmul_split(equation: str) -> tuple[int, int] | None:
+    """`(leading x dims, contracted dims)` if `equation` is `"AC,CO->AO"`, else None.
+
+    `A` (batch-like dims of `x`), `C` (dims contracted with the leading dims of the kernel) and
+    `O` (the kernel's output dims) are disjoint, non-empty runs of letters.
+    """
+    inputs, out = equation.replace(" ", "").split("->")
+    xs, ws = inputs.split(",")
+    for c in range(1, min(len(xs), len(ws))):
+        lead, contract, rest = xs[: len(xs) - c], xs[len(xs) - c :], ws[c:]
+        if (
+            lead
+            and rest
+            and ws[:c] == contract
+            and out == lead + rest
+            and len(set(xs + rest)) == len(xs) + len(rest)
+        ):
+            return len(lead), c
+    return None
+
+
 class Dense(nnx.Module):
     """A linear map written as an einsum over named dimensions, with an optional bias.
 
@@ -106,7 +131,18 @@ class Dense(nnx.Module):
 
     def __call__(self, equation: str, x: jax.Array) -> jax.Array:
         """Applies `einsum(equation, x, W) + b` in the compute dtype."""
-        y = jnp.einsum(equation, x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        x = x.astype(self.dtype)
+        w = self.kernel[...].astype(self.dtype)
+        split = _matmul_split(equation)
+        if split is None:
+            y = jnp.einsum(equation, x, w)
+        else:
+            # `x[A, C] @ W[C, O]` as one 2D matmul `[prod A, prod C] @ [prod C, prod O]`: XLA then
+            # needs fewer layout copies (transposes) of the operands, forward and backward.
+            lead, contract = split
+            k = math.prod(w.shape[:contract])
+            y = jnp.matmul(x.reshape(-1, k), w.reshape(k, -1))
+            y = y.reshape(*x.shape[:lead], *w.shape[contract:])
         if self.bias is not None:
             b = self.bias[...].astype(self.dtype)
             y = y + b.reshape((1,) * (y.ndim - b.ndim) + b.shape)

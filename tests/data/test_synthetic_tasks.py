@@ -155,7 +155,9 @@ def test_label_token_pairs_labels_given_completions_by_bradley_terry():
     a_first = np.all(np.asarray(pairs.chosen) == np.asarray(a), axis=1)
     assert np.all(a_first | np.all(np.asarray(pairs.chosen) == np.asarray(b), axis=1))
     np.testing.assert_allclose(pairs.chosen_reward, np.where(a_first, ra, rb), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(pairs.rejected_reward, np.where(a_first, rb, ra), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        pairs.rejected_reward, np.where(a_first, rb, ra), rtol=1e-5, atol=1e-5
+    )
     d = ra - rb
     keep = np.abs(d) > 1e-6
     p_high = 1 / (1 + np.exp(-np.abs(d[keep]) / 0.5))

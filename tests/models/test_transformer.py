@@ -231,3 +231,52 @@ def test_shape_errors_name_the_argument(models):
         model(jnp.asarray([1, 2, 3]))
     with pytest.raises(ValueError, match="attention_mask"):
         model(jnp.asarray([[1, 2, 3]]), jnp.asarray([[1, 1]]))
+
+
+@pytest.mark.parametrize(
+    "equation, split",
+    [
+        ("btd,df->btf", (2, 1)),
+        ("btd,dnh->btnh", (2, 1)),
+        ("btnh,nhd->btd", (2, 2)),
+        ("b t d , d f -> b t f", (2, 1)),
+        ("btd,fd->btf", None),  # kernel contracted on its trailing dim
+        ("btd,df->bft", None),  # output dims reordered
+        ("btd,dd->btd", None),  # repeated letter
+        ("bd,d->b", None),  # no kernel output dims
+        ("btd,dt->bt", None),  # contracted letter reappears
+    ],
+)
+def test_matmul_split_recognises_only_plain_matmuls(equation, split):
+    from jaxpref.models._layers import _matmul_split
+
+    assert _matmul_split(equation) == split
+
+
+@pytest.mark.parametrize(
+    "equation, x_shape, w_shape",
+    [
+        ("btd,df->btf", (2, 3, 4), (4, 5)),
+        ("btd,dnh->btnh", (2, 3, 4), (4, 2, 3)),
+        ("btnh,nhd->btd", (2, 3, 2, 3), (2, 3, 4)),
+        ("btd,fd->btf", (2, 3, 4), (5, 4)),
+    ],
+)
+def test_dense_equals_einsum_with_gradients(equation, x_shape, w_shape):
+    from jaxpref.models._layers import Dense
+
+    key = jax.random.key(0)
+    x = jax.random.normal(key, x_shape)
+    w = jax.random.normal(jax.random.fold_in(key, 1), w_shape)
+    graphdef, _ = nnx.split(Dense(w_shape, (None,) * len(w_shape), rngs=nnx.Rngs(0)))
+
+    def f(x, w):
+        layer = nnx.merge(graphdef, nnx.State({"kernel": nnx.Param(w)}))
+        return jnp.sum(jnp.sin(layer(equation, x)))
+
+    def g(x, w):
+        return jnp.sum(jnp.sin(jnp.einsum(equation, x, w)))
+
+    np.testing.assert_allclose(f(x, w), g(x, w), rtol=1e-5)
+    for a, b in zip(jax.grad(f, (0, 1))(x, w), jax.grad(g, (0, 1))(x, w), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
