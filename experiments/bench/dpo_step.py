@@ -52,6 +52,13 @@ policy's forward and backward and times 1 for the reference forward.
 same run: the best time of a jitted square matmul in the compute dtype over a few sizes, measured
 before and after the timed rounds (the larger rate is used).
 
+GEMM-only bound (`gemm_only`): every matrix product of the step (forward, both backward
+products of each with the contraction dimensions autodiff gives them, attention included;
+`step_gemms`) computed by one jitted program on random operands, nothing else. Its time is the
+floor for any implementation built on these matmul kernels: `mfu_bound` is the MFU at that time,
+`ratio_bound_vs_torch` TRL's best window over it, `jaxpref_non_gemm_ms` the rest of jaxpref's
+best window (norms, softmax, GELU, log-probs, loss, optimizer, dispatch).
+
 Run: `python -m experiments.bench.dpo_step [--help]`. Prints one JSON object. XLA flags are not
 changed; the JAX default device is used, and torch runs on CUDA when available, else on the CPU
 with `torch.set_num_threads(os.cpu_count())`.
@@ -61,6 +68,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -126,6 +134,7 @@ class Config:
     torch: bool = True  # also time TRL's DPOTrainer (needs torch, transformers, trl)
     matmul_sizes: tuple[int, ...] = (256, 512, 1024, 1536, 2048)
     matmul_repeats: int = 10
+    gemm_repeats: int = 10  # timings of the GEMM-only program (best taken)
     seed: int = 0
 
     @property
@@ -190,6 +199,77 @@ FLOPS_NOTES = {
     "backward, x1 for the reference forward",
     "not_counted": "optimizer, norms, softmax, GELU and other elementwise work",
 }
+
+
+# ------------------------------------------------------------------------------------------------
+# GEMM-only bound
+
+
+def step_gemms(cfg: ModelConfig, rows: int, seq: int, *, live_reference: bool):
+    """`(equation, lhs shape, rhs shape)` of every matrix product of one DPO step.
+
+    Forward products of each layer (q, k, v, o, MLP kernels; attention scores and values) and the
+    LM head; for the policy also both backward products of each (`dX = dY W^T` and
+    `dW = X^T dY`, written with the contraction dimensions autodiff gives them, and four for
+    attention); the reference adds one more forward. Their FLOPs sum to `flops_per_step`.
+    """
+    m, d, t = rows * seq, cfg.d_model, seq
+    n, k, h = cfg.num_heads, cfg.kv_heads, cfg.head_size
+    dense = [(d, n * h), (d, k * h), (d, k * h), (n * h, d)]
+    dense += [(d, cfg.mlp_dim)] * (3 if cfg.family == "llama" else 1) + [(cfg.mlp_dim, d)]
+    fwd, bwd = [], []
+    for _ in range(cfg.num_layers):
+        for c, o in dense:
+            fwd.append(("mc,co->mo", (m, c), (c, o)))
+            bwd.append(("mo,co->mc", (m, o), (c, o)))  # dX = dY W^T
+            bwd.append(("mc,mo->co", (m, c), (m, o)))  # dW = X^T dY
+        q, kv, p = (rows, n, t, h), (rows, n, t, h), (rows, n, t, t)
+        fwd.append(("bnth,bnsh->bnts", q, kv))  # scores
+        fwd.append(("bnts,bnsh->bnth", p, kv))  # values
+        bwd.append(("bnth,bnsh->bnts", q, kv))  # dP = dO V^T
+        bwd.append(("bnts,bnth->bnsh", p, q))  # dV = P^T dO
+        bwd.append(("bnts,bnsh->bnth", p, kv))  # dQ = dS K
+        bwd.append(("bnts,bnth->bnsh", p, q))  # dK = dS^T Q
+    head = (m, d), (d, cfg.vocab_size)
+    fwd.append(("mc,co->mo", *head))
+    bwd.append(("mo,co->mc", (m, cfg.vocab_size), head[1]))
+    bwd.append(("mc,mo->co", head[0], (m, cfg.vocab_size)))
+    return fwd * (2 if live_reference else 1) + bwd
+
+
+def gemm_flops(gemms) -> int:
+    """FLOPs of `step_gemms`' products: 2 per multiply-add."""
+    total = 0
+    for eq, a, b in gemms:
+        lhs, rhs = eq.split("->")[0].split(",")
+        sizes = dict(zip(lhs, a, strict=True)) | dict(zip(rhs, b, strict=True))
+        total += 2 * math.prod(sizes[c] for c in set(lhs + rhs))
+    return total
+
+
+def time_gemms(gemms, dtype, *, repeats: int, seed: int = 0) -> float:
+    """Best seconds of one jitted program computing exactly `gemms` (distinct random operands)."""
+    key = jax.random.key(seed)
+    operands = []
+    for i, (_, a, b) in enumerate(gemms):
+        ka, kb = jax.random.split(jax.random.fold_in(key, i))
+        operands.append(
+            (jax.random.normal(ka, a, jnp.float32).astype(dtype),
+             jax.random.normal(kb, b, jnp.float32).astype(dtype))
+        )  # fmt: skip
+    equations = [eq for eq, _, _ in gemms]
+
+    @jax.jit
+    def run(ops):
+        return [jnp.einsum(eq, x, y) for eq, (x, y) in zip(equations, ops, strict=True)]
+
+    jax.block_until_ready(run(operands))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(run(operands))
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 # ------------------------------------------------------------------------------------------------
@@ -447,6 +527,15 @@ def main(config: Config) -> dict:
         config.matmul_sizes, cfg.compute_jnp_dtype, repeats=config.matmul_repeats
     )
     peak = max(max(peak_start.values()), max(peak_end.values()))
+    gemm_s = {
+        kind: time_gemms(
+            step_gemms(cfg, rows, seq, live_reference=kind == "live"),
+            cfg.compute_jnp_dtype,
+            repeats=config.gemm_repeats,
+            seed=config.seed,
+        )
+        for kind in ("live", "cached")
+    }
     load_end = os.getloadavg()[0]
 
     results = {
@@ -488,6 +577,19 @@ def main(config: Config) -> dict:
             "end": {str(k): round(v, 2) for k, v in peak_end.items()},
         },
         **results,
+        # The step's matrix products alone (same shapes and contraction dims, nothing else) as
+        # one jitted program: the MFU no implementation of this step can exceed with these
+        # matmul kernels, and the step time left for everything else.
+        "gemm_only": {
+            kind: {
+                "step_ms": round(gemm_s[kind] * 1e3, 2),
+                "mfu_bound": round(flops[kind] / gemm_s[kind] / (peak * 1e9), 4),
+                "jaxpref_non_gemm_ms": round(
+                    results[f"jaxpref_{kind}"]["step_ms_min"] - gemm_s[kind] * 1e3, 2
+                ),
+            }
+            for kind in ("live", "cached")
+        },
     }
     if trl is not None:
         report["torch_trl_setup"] = {
@@ -508,6 +610,12 @@ def main(config: Config) -> dict:
             for kind in ("live", "cached")
         }
         report["ratio_jaxpref_over_torch"] = ratio
+        for kind in ("live", "cached"):
+            # TRL's best window over the GEMM-only time: the ratio a jaxpref step could reach
+            # if all of its non-matmul work were free.
+            report["gemm_only"][kind]["ratio_bound_vs_torch"] = round(
+                results[f"torch_trl_{kind}"]["step_ms_min"] / (gemm_s[kind] * 1e3), 3
+            )
         report["ratio_jaxpref_over_torch_best_window"] = {
             kind: round(
                 results[f"torch_trl_{kind}"]["step_ms_min"]

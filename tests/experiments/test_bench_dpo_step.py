@@ -24,6 +24,7 @@ def _tiny_config(**overrides):
         warmup_steps=1,
         matmul_sizes=(32, 64),
         matmul_repeats=2,
+        gemm_repeats=2,
         torch=False,
     )
     kw.update(overrides)
@@ -99,6 +100,12 @@ def test_benchmark_reports_its_fields():
         flops = report["flops"][f"per_step_{kind}"]
         assert r["mfu"] == pytest.approx(flops / (r["step_ms"] / 1e3) / (peak * 1e9), rel=1e-2)
     assert report["meets_targets"]["ratio"] is None
+    for kind in ("live", "cached"):
+        g = report["gemm_only"][kind]
+        assert g["step_ms"] > 0 and 0 < g["mfu_bound"]
+        assert g["jaxpref_non_gemm_ms"] == pytest.approx(
+            report[f"jaxpref_{kind}"]["step_ms_min"] - g["step_ms"], abs=0.02
+        )
     assert report["meets_targets"]["mfu"] == (report["jaxpref_live"]["mfu"] >= 0.6)
     assert "torch_trl_live" not in report
 
@@ -116,3 +123,23 @@ def test_trl_baseline_runs_on_the_same_weights_and_batch():
     expected = report["jaxpref_live"]["tokens_per_s"] / report["torch_trl_live"]["tokens_per_s"]
     assert ratio == pytest.approx(expected, rel=1e-2)
     assert report["meets_targets"]["ratio"] == (ratio >= 1.25)
+    assert report["gemm_only"]["live"]["ratio_bound_vs_torch"] > 0
+
+
+@pytest.mark.parametrize("preset", ["tiny", "gpt2-124m"])
+def test_step_gemms_sum_to_the_flop_count(preset):
+    config = dpo_step.Config(preset=preset)
+    cfg = dpo_step.model_config(config)
+    rows, seq = 2 * config.resolved_shape.pairs, config.seq_len
+    for live in (True, False):
+        gemms = dpo_step.step_gemms(cfg, rows, seq, live_reference=live)
+        assert dpo_step.gemm_flops(gemms) == dpo_step.flops_per_step(
+            cfg, rows, seq, live_reference=live
+        )
+
+
+def test_gemm_only_program_computes_each_product():
+    # Hand count: the dW product X^T dY of a [3, 2] x and [3, 4] dY is [2, 4] with 2*3*2*4 FLOPs.
+    gemms = [("mc,mo->co", (3, 2), (3, 4))]
+    assert dpo_step.gemm_flops(gemms) == 48
+    assert dpo_step.time_gemms(gemms, jax.numpy.float32, repeats=2) > 0
