@@ -80,7 +80,7 @@ def _check_batch(fn, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejecte
     check_floating(fn, {k: v for k, v in arrays.items() if k != "weights"})
 
 
-def _aux(beta, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, use_ref):
+def _aux(beta, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, use_ref, mask):
     c = jax.lax.stop_gradient(f32(chosen_logps))
     r = jax.lax.stop_gradient(f32(rejected_logps))
     if use_ref:
@@ -91,21 +91,44 @@ def _aux(beta, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logp
     beta = jax.lax.stop_gradient(jnp.asarray(beta, jnp.float32))
     rewards_c = beta * ratio_c
     rewards_r = beta * ratio_r
+    mask = None if mask is None else jax.lax.stop_gradient(mask)
     return PreferenceAux(
-        rewards_chosen=jnp.mean(rewards_c),
-        rewards_rejected=jnp.mean(rewards_r),
-        margins=jnp.mean(rewards_c - rewards_r),
-        accuracies=jnp.mean((rewards_c > rewards_r).astype(jnp.float32)),
-        logps_chosen=jnp.mean(c),
-        logps_rejected=jnp.mean(r),
+        rewards_chosen=_masked_mean(rewards_c, mask),
+        rewards_rejected=_masked_mean(rewards_r, mask),
+        margins=_masked_mean(rewards_c - rewards_r, mask),
+        accuracies=_masked_mean((rewards_c > rewards_r).astype(jnp.float32), mask),
+        logps_chosen=_masked_mean(c, mask),
+        logps_rejected=_masked_mean(r, mask),
     )
 
 
-def _weighted_mean(per_pair, weights):
+def _masked_mean(x, mask):
+    """Mean of `x` over the pairs where `mask` is 1 (all pairs when None; 0 when none)."""
+    x = f32(x)
+    if mask is None:
+        return jnp.mean(x)
+    m = f32(mask)
+    return jnp.sum(jnp.where(m > 0, x * m, 0.0)) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def _weighted_mean(per_pair, weights, mask):
     per_pair = f32(per_pair)
     if weights is not None:
         per_pair = per_pair * f32(weights)
-    return jnp.mean(per_pair)
+    return _masked_mean(per_pair, mask)
+
+
+def _pair_mask(fn, mask, chosen_logps):
+    """`mask` as a `[B]` float32 0/1 array (None stays None)."""
+    if mask is None:
+        return None
+    mask = jnp.asarray(mask)
+    if mask.shape != chosen_logps.shape:
+        raise ValueError(
+            f"{fn}: `mask` must have the shape of `chosen_logps` {tuple(chosen_logps.shape)}, "
+            f"got {tuple(mask.shape)}."
+        )
+    return mask.astype(jnp.float32)
 
 
 def _loss_hparams(record, beta, hparams):
@@ -126,13 +149,16 @@ def preference_objective(
     chosen_lengths=None,
     rejected_lengths=None,
     weights=None,
+    mask=None,
     **hparams,
 ) -> tuple[jax.Array, PreferenceAux]:
     """Mean pair loss and DPO metrics for one loss given by registry name or function.
 
-    `L = mean_i(w_i ℓ_i)` with `ℓ` the per-pair loss and `w` optional per-pair weights (1 when
-    not given). Metrics use the implicit rewards `β (log π - log π_ref)` when reference log-probs
-    are given (as TRL logs them, whatever the loss), and `β log π` otherwise.
+    `L = Σ_i m_i w_i ℓ_i / Σ_i m_i` with `ℓ` the per-pair loss, `w` optional per-pair weights
+    (1 when not given) and `m` an optional 0/1 pair mask (fillers and padding pairs 0; all 1
+    when not given). Metrics are means over the masked-in pairs and use the implicit rewards
+    `β (log π - log π_ref)` when reference log-probs are given (as TRL logs them, whatever the
+    loss), and `β log π` otherwise.
 
     Args:
       loss: a registry name (`"sigmoid"`, `"ipo"`, ...) or a loss function with the registry's
@@ -147,6 +173,8 @@ def preference_objective(
       rejected_lengths: `[B]` completion-token counts of the rejected completions, or None.
       weights: `[B]` per-pair weights (for example WPO weights, computed without gradient), or
         None.
+      mask: `[B]` 1 for real pairs, 0 for fillers (excluded from the loss and the metrics), or
+        None; a batch with no real pair gives 0.
       **hparams: further hyperparameters of the loss (`label_smoothing`, `discopop_tau`, ...).
 
     Returns:
@@ -177,7 +205,8 @@ def preference_objective(
         rejected_lengths,
         {**hparams, **_loss_hparams(record, beta, {})},
     )
-    value = _weighted_mean(per_pair, weights)
+    mask = _pair_mask(fn, mask, chosen_logps)
+    value = _weighted_mean(per_pair, weights, mask)
     aux = _aux(
         beta,
         chosen_logps,
@@ -185,6 +214,7 @@ def preference_objective(
         ref_chosen_logps,
         ref_rejected_logps,
         use_ref=ref_chosen_logps is not None and ref_rejected_logps is not None,
+        mask=mask,
     )
     return value, aux
 
@@ -200,11 +230,12 @@ def multi_objective(
     chosen_lengths=None,
     rejected_lengths=None,
     weights=None,
+    mask=None,
     **hparams,
 ) -> tuple[jax.Array, PreferenceAux]:
     """Weighted sum of mean pair losses (TRL's `loss_type` list with `loss_weights`).
 
-    `L = Σ_k c_k mean_i(w_i ℓ_k,i)` for `spec = [(loss_k, c_k), ...]`; e.g. MPO is
+    `L = Σ_k c_k Σ_i m_i w_i ℓ_k,i / Σ_i m_i` for `spec = [(loss_k, c_k), ...]`; e.g. MPO is
     `[("sigmoid", 0.8), ("bco_pair", 0.2), ("sft", 1.0)]`. Hyperparameters are shared: each
     loss receives those it accepts, and every hyperparameter must be accepted by some loss.
 
@@ -218,6 +249,8 @@ def multi_objective(
       chosen_lengths: `[B]` completion-token counts of the chosen completions, or None.
       rejected_lengths: `[B]` completion-token counts of the rejected completions, or None.
       weights: `[B]` per-pair weights applied to every loss, or None.
+      mask: `[B]` 1 for real pairs, 0 for fillers (excluded from the losses and the metrics),
+        or None.
       **hparams: hyperparameters shared by the losses.
 
     Returns:
@@ -258,6 +291,7 @@ def multi_objective(
             f"valid hyperparameters: {', '.join(sorted(accepted)) or 'none'}."
         )
     _check_batch(fn, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, weights)
+    mask = _pair_mask(fn, mask, chosen_logps)
     total = jnp.zeros((), jnp.float32)
     for record, weight in records:
         per_pair = _registry._invoke(
@@ -270,7 +304,7 @@ def multi_objective(
             rejected_lengths,
             _loss_hparams(record, beta, hparams),
         )
-        total = total + weight * _weighted_mean(per_pair, weights)
+        total = total + weight * _weighted_mean(per_pair, weights, mask)
     aux = _aux(
         beta,
         chosen_logps,
@@ -278,5 +312,6 @@ def multi_objective(
         ref_chosen_logps,
         ref_rejected_logps,
         use_ref=ref_chosen_logps is not None and ref_rejected_logps is not None,
+        mask=mask,
     )
     return total, aux

@@ -237,13 +237,15 @@ def make_pair_logps_fn(model_def: ModelDef, **logps_kwargs) -> Callable:
     return fn
 
 
-def _pair_weights(batch, num_pairs):
+def _pair_mask(batch):
     pm = batch.get("pair_mask")
-    if pm is None:
-        return None
-    pm = jnp.asarray(pm).astype(jnp.float32)
-    total = jnp.sum(pm)
-    return jnp.where(total > 0, pm * (num_pairs / jnp.maximum(total, 1.0)), 0.0)
+    return None if pm is None else jnp.asarray(pm).astype(jnp.float32)
+
+
+def _masked_mean(x, mask):
+    if mask is None:
+        return jnp.mean(x)
+    return jnp.sum(jnp.where(mask > 0, x * mask, 0.0)) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
 def _pair_count(batch):
@@ -274,11 +276,12 @@ def make_preference_objective(
 ) -> Objective:
     """Objective of any pairwise preference loss from `jaxpref.losses`, on a policy model.
 
-    `L = mean_i w_i l(log pi(y_w^i), log pi(y_l^i), log pi_ref(y_w^i), log pi_ref(y_l^i))`, with
-    the loss `l` given by registry name (`"sigmoid"` is DPO, `"ipo"`, `"simpo"`, ...) or as a
-    function with the registry's calling convention, and `w` the normalised `pair_mask` (fillers
-    weigh 0). Reference log-probs come from the batch (`ref_chosen_logps`, `ref_rejected_logps`,
-    a precomputed cache) when present, otherwise from a forward pass of the frozen
+    `L = sum_i m_i l(log pi(y_w^i), log pi(y_l^i), log pi_ref(y_w^i), log pi_ref(y_l^i)) /
+    sum_i m_i`, with the loss `l` given by registry name (`"sigmoid"` is DPO, `"ipo"`, `"simpo"`,
+    ...) or as a function with the registry's calling convention, and `m` the batch's
+    `pair_mask` (fillers 0; all 1 when absent). The metrics are means over the same pairs.
+    Reference log-probs come from the batch (`ref_chosen_logps`, `ref_rejected_logps`, a
+    precomputed cache) when present, otherwise from a forward pass of the frozen
     `state.ref_params` (no gradient). Reference-free losses need neither; when a reference is
     available anyway it is used for the implicit-reward metrics.
 
@@ -338,7 +341,7 @@ def make_preference_objective(
             beta=beta,
             chosen_lengths=lens[0],
             rejected_lengths=lens[1],
-            weights=_pair_weights(batch, seq[0].shape[0]),
+            mask=_pair_mask(batch),
             **hparams,
         )
         return value, aux.as_dict()
@@ -392,7 +395,8 @@ def make_reward_objective(
 ) -> Objective:
     """Bradley-Terry reward modelling on preference pairs with a scalar-head model.
 
-    `L = mean_i w_i [-log sigmoid(R(y_w^i) - R(y_l^i) - m) + c (R(y_w^i) + R(y_l^i))^2]` with
+    `L = mean_i [-log sigmoid(R(y_w^i) - R(y_l^i) - m) + c (R(y_w^i) + R(y_l^i))^2]` over the
+    pairs of the batch's `pair_mask` (fillers excluded, from the metrics too), with
     `R` the score at the last real token (`model.score(input_ids, attention_mask)`, e.g.
     `jaxpref.models.ScalarHeadModel`). A batch `margin` `[B]` overrides the constant `margin`.
 
@@ -426,16 +430,14 @@ def make_reward_objective(
         per_pair = jl.bradley_terry_loss(
             chosen, rejected, margin=m, center_rewards_coefficient=center_rewards_coefficient
         )
-        weights = _pair_weights(batch, chosen.shape[0])
-        if weights is not None:
-            per_pair = per_pair * weights
-        value = jnp.mean(per_pair)
+        mask = _pair_mask(batch)
+        value = _masked_mean(per_pair, mask)
         c, r = jax.lax.stop_gradient(chosen), jax.lax.stop_gradient(rejected)
         metrics = {
-            "rewards/chosen": jnp.mean(c),
-            "rewards/rejected": jnp.mean(r),
-            "rewards/margins": jnp.mean(c - r),
-            "rewards/accuracies": jnp.mean((c > r).astype(jnp.float32)),
+            "rewards/chosen": _masked_mean(c, mask),
+            "rewards/rejected": _masked_mean(r, mask),
+            "rewards/margins": _masked_mean(c - r, mask),
+            "rewards/accuracies": _masked_mean((c > r).astype(jnp.float32), mask),
         }
         return value, metrics
 

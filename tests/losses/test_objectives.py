@@ -71,6 +71,43 @@ def test_weights_give_weighted_mean():
     np.testing.assert_allclose(loss, np.mean(W * np.maximum(0.0, 1.0 - 0.5 * h)), rtol=1e-6)
 
 
+@pytest.mark.parametrize("multi", [False, True])
+def test_mask_equals_dropping_the_pairs(multi):
+    keep = np.array([0, 2])
+    mask = np.zeros(len(C), np.float32)
+    mask[keep] = 1.0
+
+    def run(args, **kw):
+        if multi:
+            return jl.multi_objective([("hinge", 0.7), ("robust", 0.3)], *args, beta=0.5, **kw)
+        return jl.preference_objective("hinge", *args, beta=0.5, **kw)
+
+    loss_m, aux_m = run(ARGS, weights=jnp.asarray(W), mask=jnp.asarray(mask))
+    loss_f, aux_f = run(tuple(a[keep] for a in ARGS), weights=jnp.asarray(W)[keep])
+    np.testing.assert_allclose(loss_m, loss_f, rtol=1e-6)
+    for a, b in zip(aux_m, aux_f, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    # By hand for the single loss: weighted hinge over the kept pairs, accuracy over them.
+    if not multi:
+        h = (C - RC) - (R - RR)
+        expected = np.sum((W * np.maximum(0.0, 1.0 - 0.5 * h))[keep]) / 2
+        np.testing.assert_allclose(loss_m, expected, rtol=1e-6)
+        np.testing.assert_allclose(aux_m.accuracies, np.mean((h > 0)[keep]), rtol=1e-6)
+
+
+def test_empty_mask_gives_zero_and_finite_gradients():
+    def f(c):
+        loss, aux = jl.preference_objective(
+            "sigmoid", c, *ARGS[1:], beta=0.5, mask=jnp.zeros(len(C))
+        )
+        return loss + aux.margins
+
+    assert float(f(ARGS[0])) == 0.0
+    assert np.all(np.isfinite(jax.grad(f)(ARGS[0])))
+    with pytest.raises(ValueError, match="mask"):
+        jl.preference_objective("sigmoid", *ARGS, mask=jnp.ones(len(C) + 1))
+
+
 def test_sft_objective_uses_beta_only_for_rewards():
     beta = 0.2
     loss, aux = jl.preference_objective("sft", *ARGS, beta=beta, **LENGTHS)

@@ -113,11 +113,17 @@ def test_filler_pairs_are_ignored():
     rows = np.concatenate([keep, keep + 4])
     filtered = {k: (v[keep] if v.shape[0] == 4 else v[rows]) for k, v in full.items()}
     filtered["pair_mask"] = np.ones(3, np.int32)
-    grad_fn = jax.jit(jax.value_and_grad(lambda p, b: objective.fn(p, b, ref_params=ref_params)[0]))
-    loss_full, g_full = grad_fn(params, full)
-    loss_filt, g_filt = grad_fn(params, filtered)
+    grad_fn = jax.jit(
+        jax.value_and_grad(lambda p, b: objective.fn(p, b, ref_params=ref_params), has_aux=True)
+    )
+    (loss_full, m_full), g_full = grad_fn(params, full)
+    (loss_filt, m_filt), g_filt = grad_fn(params, filtered)
     np.testing.assert_allclose(float(loss_full), float(loss_filt), rtol=1e-6, atol=1e-7)
     assert _max_abs_diff(g_full, g_filt) < 1e-6
+    # The logged metrics are means over the real pairs too (a filler has 0 log-probs and rewards).
+    assert set(m_full) == set(m_filt)
+    for k in m_full:
+        np.testing.assert_allclose(float(m_full[k]), float(m_filt[k]), rtol=1e-6, atol=1e-7)
 
 
 def test_cached_reference_equals_live_reference(dpo, tmp_path):
