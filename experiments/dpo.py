@@ -21,7 +21,10 @@ per-token reward gives every completion a gold reward and every token a gold cre
 Outputs in `--out` (printed at start): `config.json`, `sft/` and `dpo/` (checkpoints,
 `metrics.jsonl`, TensorBoard events), `pairs.npz`, `report.json`, `report.md` and PNG plots.
 Running the same command again on an existing run directory resumes it where it stopped (a
-finished run only re-evaluates), and ends with the same parameters, bit for bit.
+finished run only re-evaluates), and ends with the same parameters, bit for bit. A stage stopped
+by SIGTERM saves a checkpoint and ends the run without a report (exit status 75, "try again");
+the next run continues it. A DPO checkpoint trained against another reference or other pairs is
+never resumed: the run stops and names the directory to remove.
 
 Real data and weights: `--model.hf-path DIR --data.path FILE.jsonl --data.tokenizer
 tokenizer.json` trains a local Hugging Face checkpoint (the reference) on a preference file in any
@@ -260,7 +263,8 @@ class Config:
         ("dp", "fsdp", "fsdp_tp").
       loop: DPO steps, evaluation period, seed.
       optimizer: DPO optimizer.
-      checkpoint: checkpointing of both stages.
+      checkpoint: checkpointing of both stages (a `directory` holds one subdirectory per
+        stage, `sft/` and `dpo/`; default: inside each stage's run directory).
       logging: metric sinks of both stages.
       ref_sync: TR-DPO reference updates (live reference only).
     """
@@ -316,6 +320,25 @@ def _validate(config: Config) -> dict:
     hparams = config.loss.parsed_hparams()  # unknown loss names fail here, with suggestions
     if config.batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {config.batch_size}.")
+    if not config.loss.beta > 0:
+        raise ValueError(f"--loss.beta must be positive, got {config.loss.beta}.")
+    accum = config.loop.accum_steps
+    if config.batch_size % accum:
+        raise ValueError(
+            f"--batch-size {config.batch_size} is not divisible into --loop.accum-steps {accum} "
+            "microbatches."
+        )
+    if config.run_sft:
+        if config.sft.batch_size <= 0 or config.sft.steps <= 0:
+            raise ValueError(
+                f"--sft.batch-size and --sft.steps must be positive, got "
+                f"{config.sft.batch_size} and {config.sft.steps}."
+            )
+        if config.sft.batch_size % accum:
+            raise ValueError(
+                f"--sft.batch-size {config.sft.batch_size} is not divisible into "
+                f"--loop.accum-steps {accum} microbatches (the SFT stage accumulates too)."
+            )
     if config.reference == "cached" and config.ref_sync.enabled:
         raise ValueError("--ref-sync needs --reference live (a synced reference changes).")
     if config.synthetic:
@@ -381,11 +404,15 @@ def spearman(a, b) -> float:
 def _train_config(
     config: Config, run_dir: pathlib.Path, steps: int, optimizer, eval_every, ref_sync
 ) -> TrainConfig:
+    checkpoint = config.checkpoint
+    if checkpoint.directory is not None:  # one subdirectory per stage (sft/, dpo/)
+        directory = str(pathlib.Path(checkpoint.directory) / run_dir.name)
+        checkpoint = dataclasses.replace(checkpoint, directory=directory)
     return TrainConfig(
         run_dir=str(run_dir),
         loop=dataclasses.replace(config.loop, steps=steps, eval_every=eval_every),
         optimizer=optimizer,
-        checkpoint=config.checkpoint,
+        checkpoint=checkpoint,
         logging=config.logging,
         ref_sync=ref_sync,
     )
@@ -512,20 +539,91 @@ def _generate(model, prompts, key, length: int, chunk: int = 4096) -> np.ndarray
     return np.concatenate(outs, 0)
 
 
-def _load_or_sample_pairs(path: pathlib.Path, fingerprint: str, make: Callable[[], dict]):
+def _load_or_sample_pairs(path: pathlib.Path, key: Mapping[str, str], make: Callable[[], dict]):
+    """The pairs stored at `path` if they were made with `key`, else `make()` (then stored).
+
+    `key` names what the pairs depend on (the reference's fingerprint, the task's settings).
+    """
     if path.exists():
         with np.load(path) as f:
             stored = {k: f[k] for k in f.files}
-        if str(stored.pop("reference_fingerprint")) == fingerprint:
+        old = {k: str(stored.pop(k)) if k in stored else None for k in key}
+        if old == dict(key):
             return stored
-        warnings.warn(
-            f"{path} was sampled from another reference model; sampling again.", stacklevel=2
-        )
+        differ = ", ".join(k for k in key if old[k] != key[k])
+        warnings.warn(f"{path} was made with another {differ}; sampling again.", stacklevel=2)
     pairs = make()
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, reference_fingerprint=np.asarray(fingerprint), **pairs)
+    np.savez(tmp, **{k: np.asarray(v) for k, v in key.items()}, **pairs)
     tmp.replace(path)
     return pairs
+
+
+def _fingerprint_arrays(arrays: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of `arrays` (sorted by name)."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        arr = np.ascontiguousarray(np.asarray(arrays[name]))
+        h.update(f"{name}{arr.dtype}{arr.shape}".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def _file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class RunStopped(RuntimeError):
+    """A stage stopped before its last step (preemption); the run directory can be resumed."""
+
+    def __init__(self, stage: str, step: int, reason: str, out: pathlib.Path):
+        self.stage, self.step, self.reason = stage, step, reason
+        super().__init__(
+            f"the {stage} stage stopped at step {step} ({reason}); its checkpoint is saved. Run "
+            f"the same command again (--out {out}) to resume."
+        )
+
+
+def _require_completed(result, stage: str, out: pathlib.Path) -> None:
+    if result.stop_reason != "completed":
+        raise RunStopped(stage, int(result.step), result.stop_reason, out)
+
+
+def _guard_inputs(run_dir: pathlib.Path, checkpoint_dir: str, inputs: Mapping[str, Any]) -> None:
+    """Refuses to resume a stage whose checkpoints were trained on other inputs.
+
+    `inputs` (e.g. the reference's fingerprint and the pairs') is stored in
+    `run_dir/inputs.json` when the stage starts; a later run with different inputs and existing
+    checkpoints raises instead of silently continuing them.
+    """
+    path = run_dir / "inputs.json"
+    ckpt = pathlib.Path(checkpoint_dir)
+    has_checkpoints = ckpt.is_dir() and any(ckpt.iterdir())
+    inputs = json.loads(json.dumps(dict(inputs)))
+    if path.exists() and has_checkpoints:
+        stored = json.loads(path.read_text())
+        differ = sorted(k for k in set(stored) | set(inputs) if stored.get(k) != inputs.get(k))
+        if differ:
+            raise RuntimeError(
+                f"{run_dir} holds checkpoints trained with another {', '.join(differ)} "
+                f"(stored {[stored.get(k) for k in differ]}, now {[inputs.get(k) for k in differ]})"
+                f". Remove {run_dir} and {ckpt} to train again with the new inputs, or use "
+                "another --out."
+            )
+        return
+    if has_checkpoints:
+        warnings.warn(
+            f"{run_dir}: checkpoints without a record of their inputs; assuming they match.",
+            stacklevel=2,
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(inputs, indent=2))
+    tmp.replace(path)
 
 
 class PairIterator(IndexedIterator):
@@ -693,7 +791,11 @@ def run_sft(config: Config, model, batches, run_dir: pathlib.Path, mesh=None, ru
         batch_sharding=_batch_sharding(mesh, rules),
     )
     result = train(
-        train_config, state, step, batches, extra_config={"stage": "sft", "experiment": config}
+        train_config,
+        state,
+        step,
+        batches,
+        extra_config={"stage": "sft", "experiment": config_to_dict(config)},
     )
     return model_def, result.state.params, result
 
@@ -709,8 +811,13 @@ def run_dpo(
     eval_fn=None,
     mesh=None,
     rules=None,
+    inputs: Mapping[str, Any] | None = None,
 ):
-    """Trains the policy from `init_params` against the frozen reference `init_params`."""
+    """Trains the policy from `init_params` against the frozen reference `init_params`.
+
+    `inputs` (what the run depends on: reference and data fingerprints) guards the resume: see
+    `_guard_inputs`.
+    """
     tx = config.optimizer.build(config.loop.steps)
     model = model_def.merge(init_params)
     live = config.reference == "live"
@@ -733,6 +840,8 @@ def run_dpo(
         state_sharding=sharding,
         batch_sharding=_batch_sharding(mesh, rules),
     )
+    if inputs is not None:
+        _guard_inputs(run_dir, train_config.checkpoint_dir, inputs)
     hook = None if eval_fn is None else (lambda s: eval_fn(s.params))
     return train(
         train_config,
@@ -740,12 +849,21 @@ def run_dpo(
         step,
         batches,
         eval_fn=hook,
-        extra_config={"stage": "dpo", "experiment": config},
+        extra_config={"stage": "dpo", "experiment": config_to_dict(config)},
     )
 
 
 def train_and_summarise(
-    config: Config, model_def, ref_params, batches, out: pathlib.Path, hparams, evaluator, **mesh
+    config: Config,
+    model_def,
+    ref_params,
+    batches,
+    out: pathlib.Path,
+    hparams,
+    evaluator,
+    *,
+    inputs: Mapping[str, Any],
+    **mesh,
 ) -> tuple[dict, Any, list, list]:
     """Runs (or resumes) DPO, evaluates the final policy, and summarises the run.
 
@@ -755,7 +873,8 @@ def train_and_summarise(
       parameters and the deduplicated metric records of the DPO stage.
     """
     result = run_dpo(config, model_def, ref_params, batches, out / "dpo", hparams,
-                     eval_fn=evaluator, **mesh)  # fmt: skip
+                     eval_fn=evaluator, inputs=inputs, **mesh)  # fmt: skip
+    _require_completed(result, "DPO", out)
     params = jax.device_get(result.state.params)
     _log("evaluating")
     final = evaluator(params)
@@ -815,9 +934,10 @@ def _main_synthetic(config: Config, out: pathlib.Path, hparams: Mapping) -> dict
 
     _log(f"SFT of the reference: {config.sft.steps} steps of {config.sft.batch_size} sequences")
     sft_iter = IndexedIterator(data.sft_batch)
-    model_def, ref_params, _ = run_sft(
+    model_def, ref_params, sft_result = run_sft(
         config, _synthetic_model(config), sft_iter, out / "sft", mesh, rules
     )
+    _require_completed(sft_result, "SFT", out)
     ref_params = jax.device_get(ref_params)
     ref_fp = params_fingerprint(ref_params)
     ref_model = model_def.merge(ref_params)
@@ -845,7 +965,11 @@ def _main_synthetic(config: Config, out: pathlib.Path, hparams: Mapping) -> dict
             **{f"eval_{k}": v for k, v in eval_pairs.items()},
         }
 
-    stored = _load_or_sample_pairs(out / "pairs.npz", ref_fp, make_pairs)
+    pairs_key = {
+        "reference_fingerprint": ref_fp,
+        "task": json.dumps(config_to_dict(t), sort_keys=True),
+    }
+    stored = _load_or_sample_pairs(out / "pairs.npz", pairs_key, make_pairs)
     train_pairs = {k[6:]: v for k, v in stored.items() if k.startswith("train_")}
     eval_pairs = {k[5:]: v for k, v in stored.items() if k.startswith("eval_")}
 
@@ -866,9 +990,11 @@ def _main_synthetic(config: Config, out: pathlib.Path, hparams: Mapping) -> dict
         f"{config.loss.name} (beta={beta}) for {config.loop.steps} steps of "
         f"{config.batch_size} pairs, reference {config.reference}"
     )
+    inputs = {"reference_fingerprint": ref_fp, "pairs_fingerprint": _fingerprint_arrays(stored)}
     summary, params, trains, evals = train_and_summarise(
-        config, model_def, ref_params, batches, out, hparams, evaluator, mesh=mesh, rules=rules
-    )
+        config, model_def, ref_params, batches, out, hparams, evaluator,
+        inputs=inputs, mesh=mesh, rules=rules,
+    )  # fmt: skip
     optimum = _optimum_reference(data, beta, eval_pairs)
     token_rewards = evaluator.token_implicit_rewards(params)
     report = {
@@ -1021,7 +1147,10 @@ def _main_real(config: Config, out: pathlib.Path, hparams: Mapping) -> dict:
     if config.run_sft:
         _log(f"SFT on the chosen completions: {config.sft.steps} steps")
         sft_iter = _ChosenRows(iter(pipeline(train_records, config.sft.batch_size, 1)))
-        model_def, ref_params, _ = run_sft(config, model, sft_iter, out / "sft", mesh, rules)
+        model_def, ref_params, sft_result = run_sft(
+            config, model, sft_iter, out / "sft", mesh, rules
+        )
+        _require_completed(sft_result, "SFT", out)
     else:
         from jaxpref.train import split_model
 
@@ -1034,9 +1163,15 @@ def _main_real(config: Config, out: pathlib.Path, hparams: Mapping) -> dict:
         f"{d.path} for {config.loop.steps} steps"
     )
     batches = iter(pipeline(train_records, config.batch_size, config.loop.seed))
+    inputs = {
+        "reference_fingerprint": params_fingerprint(ref_params),
+        "data_sha256": _file_sha256(d.path),
+        "data": json.dumps(config_to_dict(d), sort_keys=True),
+    }
     summary, _, trains, evals = train_and_summarise(
-        config, model_def, ref_params, batches, out, hparams, evaluator, mesh=mesh, rules=rules
-    )
+        config, model_def, ref_params, batches, out, hparams, evaluator,
+        inputs=inputs, mesh=mesh, rules=rules,
+    )  # fmt: skip
     report = {
         **summary,
         "data": {
@@ -1313,4 +1448,10 @@ def tyro_config(args=None) -> Config:
 
 
 if __name__ == "__main__":
-    main(tyro_config())
+    import sys
+
+    try:
+        main(tyro_config())
+    except RunStopped as stopped:
+        _log(str(stopped))
+        sys.exit(75)  # EX_TEMPFAIL: run again to continue

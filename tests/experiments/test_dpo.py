@@ -209,6 +209,17 @@ def test_other_losses_train(tmp_path, name, hparams):
         ({"reference": "cached", "ref_sync": dpo.RefSyncConfig(mode="hard")}, "reference live"),
         ({"sft": dpo.SFTSpec(mode="off")}, "SFT stage"),
         ({"model": dpo.ModelSpec(hf_path="/nonexistent")}, "needs --data.path"),
+        ({"loss": dpo.LossSpec(beta=0.0)}, "beta must be positive"),
+        ({"loop": LoopConfig(steps=3, accum_steps=3)}, "--batch-size 16 is not divisible"),
+        ({"sft": dpo.SFTSpec(batch_size=0)}, "sft.batch-size"),
+        (
+            {"batch_size": 6, "loop": LoopConfig(steps=3, accum_steps=4)},
+            "--batch-size 6 is not divisible",
+        ),
+        (
+            {"sft": dpo.SFTSpec(batch_size=6), "loop": LoopConfig(steps=3, accum_steps=4)},
+            "SFT stage accumulates",
+        ),
     ],
 )
 def test_bad_configurations_fail_before_any_work(tmp_path, changes, match):
@@ -389,3 +400,53 @@ def test_spearman_and_fingerprint_helpers():
     assert dpo.params_fingerprint(as_list) != dpo.params_fingerprint(
         {"layers": [{"w": np.ones(2, np.float64)}]}
     )
+
+
+def test_preempted_stage_stops_the_run_and_resumes_bit_identically(tiny_run, tmp_path, monkeypatch):
+    _, uninterrupted = tiny_run
+    original = dpo.SyntheticData.sft_batch
+
+    def preempt_at_step_2(self, index):
+        if index == 2:  # a real SIGTERM, handled by the engine between steps
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, index)
+
+    monkeypatch.setattr(dpo.SyntheticData, "sft_batch", preempt_at_step_2)
+    with pytest.raises(dpo.RunStopped, match="SFT stage stopped at step") as stopped:
+        dpo.main(tiny(tmp_path))
+    assert (stopped.value.stage, stopped.value.reason) == ("SFT", "preempted")
+    # No pairs, DPO or report from a half-trained reference.
+    assert not (tmp_path / "pairs.npz").exists() and not (tmp_path / "dpo").exists()
+    assert not (tmp_path / "report.json").exists()
+    monkeypatch.setattr(dpo.SyntheticData, "sft_batch", original)
+    resumed = dpo.main(tiny(tmp_path))
+    assert resumed["final_params_fingerprint"] == uninterrupted["final_params_fingerprint"]
+
+
+def test_dpo_checkpoints_of_other_inputs_are_never_resumed(tmp_path):
+    dpo.main(tiny(tmp_path))
+    stored = json.loads((tmp_path / "dpo" / "inputs.json").read_text())
+    assert set(stored) == {"reference_fingerprint", "pairs_fingerprint"}
+    # Other labels: the pairs are sampled again and the DPO stage refuses its old checkpoints.
+    noisy = tiny(tmp_path, task=dataclasses.replace(tiny(tmp_path).task, label_noise=0.5))
+    with (
+        pytest.warns(UserWarning, match="made with another task"),
+        pytest.raises(RuntimeError, match="another pairs_fingerprint"),
+    ):
+        dpo.main(noisy)
+    # Another reference (one more SFT step): the same.
+    longer = tiny(tmp_path, sft=dataclasses.replace(tiny(tmp_path).sft, steps=4))
+    with pytest.warns(UserWarning), pytest.raises(RuntimeError, match="reference_fingerprint"):
+        dpo.main(longer)
+
+
+def test_checkpoint_directory_holds_one_subdirectory_per_stage(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    config = tiny(
+        tmp_path / "run",
+        checkpoint=CheckpointConfig(every_steps=2, async_save=False, directory=str(ckpt)),
+    )
+    report = dpo.main(config)
+    assert report["steps"] == 3
+    assert sorted(p.name for p in ckpt.iterdir()) == ["dpo", "sft"]
+    assert (ckpt / "dpo" / "3").is_dir() and (ckpt / "sft" / "3").is_dir()
