@@ -34,6 +34,10 @@ def _positive(cls: str, field: str, value, *, allow_zero: bool = False) -> None:
         raise ValueError(f"{cls}: `{field}` must be {bound}, got {value!r}.")
 
 
+# The optimizers `OptimizerConfig.build` gives decoupled weight decay.
+_DECAYING = ("adamw", "lion", "adafactor")
+
+
 def _matrices(params):
     return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
 
@@ -51,12 +55,12 @@ class OptimizerConfig:
       schedule: "constant", "cosine" or "linear" decay after warmup.
       warmup_steps: steps of linear warmup from 0.
       final_lr_ratio: learning rate at the last step as a fraction of `learning_rate`.
-      weight_decay: decoupled weight decay (adamw, lion, adafactor).
+      weight_decay: decoupled weight decay (adamw, lion, adafactor; must be 0 otherwise).
       decay_vectors: also decay parameters of rank < 2 (biases, norm scales); by default only
         matrices and embeddings are decayed.
-      b1: first-moment decay (momentum for sgd; 0 disables it).
-      b2: second-moment decay.
-      eps: denominator epsilon.
+      b1: first-moment decay in [0, 1) (momentum for sgd; 0 disables it).
+      b2: second-moment decay in [0, 1) (adam, adamw, lion).
+      eps: denominator epsilon (adam, adamw), positive.
       grad_clip_norm: clip the global gradient norm to this value; None disables clipping.
 
     Example:
@@ -91,6 +95,17 @@ class OptimizerConfig:
             raise ValueError(f"{c}: `final_lr_ratio` must be in [0, 1], got {self.final_lr_ratio}.")
         if self.grad_clip_norm is not None:
             _positive(c, "grad_clip_norm", self.grad_clip_norm)
+        for field in ("b1", "b2"):
+            value = getattr(self, field)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{c}: `{field}` must be in [0, 1), got {value!r}.")
+        # Adam divides by sqrt(nu) + eps: eps = 0 gives 0 / 0 for a zero gradient.
+        _positive(c, "eps", self.eps, allow_zero=self.name not in ("adam", "adamw"))
+        if self.weight_decay and self.name not in _DECAYING:
+            raise ValueError(
+                f"{c}: `weight_decay` ({self.weight_decay!r}) is not applied by {self.name!r}; "
+                f"use one of {', '.join(_DECAYING)} or set it to 0."
+            )
 
     def learning_rate_schedule(self, total_steps: int) -> optax.Schedule:
         """The schedule `step -> learning rate` for a run of `total_steps` updates.
@@ -263,8 +278,9 @@ class LoopConfig:
         must be divisible by it.
       eval_every: run the evaluation hook every this many steps and at the end (0: never).
       seed: seed of the training RNG key.
-      nan_check_every: check the loss and gradient norm for NaN/inf every this many steps; every
-        save is checked too. A non-finite value stops the run (`NonFiniteError`).
+      nan_check_every: check the loss, the gradient norm and the updated parameters for NaN/inf
+        every this many steps; before every save the whole state (parameters, optimizer state,
+        reference) is checked too. A non-finite value stops the run (`NonFiniteError`).
 
     Example:
       >>> print(LoopConfig(steps=200, accum_steps=4).accum_steps)

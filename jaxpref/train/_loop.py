@@ -6,8 +6,12 @@
 * resume: the latest good checkpoint of the run (state, data-iterator position, RNG) is restored
   before the first step, so a run killed at any point and started again with the same command
   ends with the same parameters, bit for bit, as one that never stopped;
-* NaN/inf guard: a non-finite loss or gradient norm stops the run with `NonFiniteError`; nothing
-  non-finite is ever saved, so the last checkpoint is the last good state;
+* NaN/inf guard: every `loop.nan_check_every` steps the loss, the gradient norm and the updated
+  parameters are checked (one jitted all-finite reduction over the parameters, fetched with the
+  metrics), and before every save the whole state (parameters, optimizer state, reference) is;
+  a non-finite value stops the run with `NonFiniteError` naming the step and the leaves. Nothing
+  non-finite is ever saved and a resumed checkpoint is checked too, so the last checkpoint is the
+  last good state;
 * SIGTERM (preemption): the current step is saved and `train` returns with
   `stop_reason="preempted"`;
 * metrics every `logging.every_steps` (stdout, progress bar with ETA, JSONL, TensorBoard),
@@ -29,6 +33,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxpref.train._checkpoint import CheckpointWarning, TrainCheckpointer
@@ -108,24 +113,41 @@ class IndexedIterator:
 
 
 class NonFiniteError(FloatingPointError):
-    """Training produced a NaN or infinite loss or gradient norm; the run stopped.
+    """Training produced a NaN or infinite value; the run stopped.
+
+    The value is a loss or gradient norm, a parameter after an update, an optimizer-state or
+    reference array about to be saved, or an array of the checkpoint a run resumed from.
 
     Attributes:
-      step: the step whose update was non-finite.
-      metrics: the host values of that step's metrics.
-      last_checkpoint: the latest good checkpoint step (None if none).
+      step: the step (number of updates applied) at which the non-finite value was detected. A
+        loss or gradient norm of step `n` is computed from the parameters before update `n`;
+        parameters checked at step `n` are those after it. With `nan_check_every > 1` the value
+        may have appeared up to `nan_check_every - 1` steps earlier.
+      metrics: the host values of that step's metrics ({} when none were computed).
+      last_checkpoint: the latest checkpoint step known to be finite (None if none).
+      paths: the state leaves found non-finite (`params['w']`, `opt_state[0].mu['w']`, ...);
+        empty when only the loss or gradient norm was.
 
     Example:
       >>> err = NonFiniteError("loss is nan", step=3, metrics={}, last_checkpoint=2)
-      >>> print(err.step, err.last_checkpoint)
-      3 2
+      >>> print(err.step, err.last_checkpoint, err.paths)
+      3 2 ()
     """
 
-    def __init__(self, message: str, *, step: int, metrics: Mapping, last_checkpoint: int | None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        step: int,
+        metrics: Mapping,
+        last_checkpoint: int | None,
+        paths: Sequence[str] = (),
+    ):
         super().__init__(message)
         self.step = step
         self.metrics = dict(metrics)
         self.last_checkpoint = last_checkpoint
+        self.paths = tuple(paths)
 
 
 class TrainResult(NamedTuple):
@@ -203,6 +225,42 @@ def _finite(values: Mapping) -> bool:
     return all(math.isfinite(float(values[k])) for k in ("loss", "grad_norm") if k in values)
 
 
+def _is_float(x) -> bool:
+    return bool(jnp.issubdtype(jnp.result_type(x), jnp.inexact))
+
+
+@jax.jit
+def _finite_flags(tree) -> jax.Array:
+    """`[n]` bool: whether each floating-point leaf is all finite (one fused pass, one fetch)."""
+    flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if _is_float(x)]
+    return jnp.stack(flags) if flags else jnp.ones((0,), bool)
+
+
+def _nonfinite_paths(tree, flags) -> list[str]:
+    """The paths (`params['w']`) of the leaves whose `_finite_flags` entry is False."""
+    if np.all(flags):
+        return []
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    names = [_path_name(path) for path, x in flat if _is_float(x)]
+    return [n for n, ok in zip(names, np.asarray(flags), strict=True) if not ok]
+
+
+def _path_name(path) -> str:
+    """`params['w']` for the path `['params']['w']` of a dict of named trees."""
+    head = getattr(path[0], "key", None) if path else None
+    if isinstance(head, str):
+        return head + jax.tree_util.keystr(path[1:])
+    return jax.tree_util.keystr(path)
+
+
+def _saved_part(state: TrainState) -> dict:
+    """The floating-point parts of a state that a checkpoint holds, by name."""
+    out = {"params": state.params, "opt_state": state.opt_state}
+    if state.ref_params is not None:
+        out["ref_params"] = state.ref_params
+    return out
+
+
 def _host(metrics: Mapping, keys=None) -> dict:
     picked = metrics if keys is None else {k: metrics[k] for k in keys if k in metrics}
     return {k: float(np.asarray(v)) for k, v in jax.device_get(dict(picked)).items()}
@@ -242,8 +300,9 @@ def train(
       A `TrainResult`.
 
     Raises:
-      NonFiniteError: a step produced a non-finite loss or gradient norm (the run's checkpoints
-        are left as they were, the latest one being the last good state).
+      NonFiniteError: a step produced a non-finite loss, gradient norm or parameter, a state
+        about to be saved holds a non-finite array, or the resumed checkpoint does (the run's
+        checkpoints are left as they were, the latest one being the last good state).
 
     Example:
       >>> import tempfile, jax.numpy as jnp, optax
@@ -298,6 +357,9 @@ def train(
         logger.message(f"resumed from checkpoint step {start} in {config.checkpoint_dir}")
 
     last_saved = checkpointer.latest_step()
+    # The latest checkpoint known to hold finite values: the restored one (checked below) or
+    # one this run saved (checked before saving).
+    last_good = restored.step if restored is not None else None
     host_metrics: dict = {}
     eval_metrics: dict = {}
     stop_reason = "completed"
@@ -305,15 +367,23 @@ def train(
     t_log = time.perf_counter()
     steps_since_log = 0
 
-    def check_finite(step_no: int, metrics: Mapping) -> None:
-        if not _finite(_host(metrics, ("loss", "grad_norm"))):
-            fail(step_no, _host(metrics))
+    def check_finite(step_no: int, metrics: Mapping, tree: Mapping, what: str) -> None:
+        # One fetch for the step's loss and gradient norm and the finiteness of every
+        # floating-point array of `tree` (the updated params, or all of a state to be saved).
+        picked = {k: metrics[k] for k in ("loss", "grad_norm") if k in metrics}
+        values, flags = jax.device_get((picked, _finite_flags(tree)))
+        values = {k: float(np.asarray(v)) for k, v in values.items()}
+        bad = _nonfinite_paths(tree, flags)
+        if not _finite(values):
+            fail(step_no, _host(metrics), bad, "non-finite training metrics")
+        if bad:
+            fail(step_no, values, bad, f"non-finite {what}")
 
     def save(step_no: int, metrics: Mapping, logged: Mapping) -> None:
-        nonlocal last_saved
+        nonlocal last_saved, last_good
         if last_saved == step_no:
             return
-        check_finite(step_no, metrics)
+        check_finite(step_no, metrics, _saved_part(state), "train state (not saved)")
         checkpointer.save(
             step_no,
             state,
@@ -321,22 +391,38 @@ def train(
             config=stored_config,
             meta={"metrics": dict(logged)},
         )
-        last_saved = step_no
+        last_saved = last_good = step_no
 
-    def fail(step_no: int, values: Mapping) -> None:
+    def fail(step_no: int, values: Mapping, paths: Sequence[str], reason: str) -> None:
         checkpointer.close()
-        shown = ", ".join(f"{k}={v}" for k, v in values.items())
+        head = f"{reason} at step {step_no}"
+        if values:
+            head += " (" + ", ".join(f"{k}={v}" for k, v in values.items()) + ")"
+        if paths:
+            more = f", ... ({len(paths) - 8} more)" if len(paths) > 8 else ""
+            head += f"; non-finite arrays: {', '.join(paths[:8])}{more}"
         message = (
-            f"non-finite training metrics at step {step_no} ({shown}); stopped. The last good "
-            f"checkpoint is step {last_saved} in {config.checkpoint_dir}."
-            if last_saved is not None
-            else f"non-finite training metrics at step {step_no} ({shown}); stopped before any "
-            "checkpoint was written."
+            f"{head}; stopped. The last good checkpoint is step {last_good} in "
+            f"{config.checkpoint_dir}."
+            if last_good is not None
+            else f"{head}; stopped with no checkpoint known to be good."
         )
         logger.message(message)
         logger.log(step_no, {**values, "nonfinite": 1}, split="train")
         logger.close()
-        raise NonFiniteError(message, step=step_no, metrics=values, last_checkpoint=last_saved)
+        raise NonFiniteError(
+            message, step=step_no, metrics=values, last_checkpoint=last_good, paths=paths
+        )
+
+    if restored is not None:
+        # A checkpoint written elsewhere (or by an older version) may hold non-finite arrays.
+        tree = _saved_part(state)
+        bad = _nonfinite_paths(tree, jax.device_get(_finite_flags(tree)))
+        if bad:
+            last_good = None
+            where = f"{config.checkpoint_dir}/{start}"
+            reason = f"non-finite resumed checkpoint {where} (move it aside to resume earlier)"
+            fail(start, {}, bad, reason)
 
     try:
         with _Preemption(ckpt_cfg.save_on_preemption) as preempt:
@@ -360,7 +446,9 @@ def train(
                 final = step_no == total
                 want_log = step_no % config.logging.every_steps == 0 or final
                 if want_log or step_no % loop.nan_check_every == 0:
-                    check_finite(step_no, metrics)
+                    check_finite(
+                        step_no, metrics, {"params": state.params}, "params after the update"
+                    )
                 for callback in callbacks:
                     callback(step_no, state, metrics)
                 if want_log:

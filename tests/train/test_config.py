@@ -107,11 +107,52 @@ def test_every_optimizer_builds_and_descends(name):
         (lambda: RefSyncConfig(every_steps=0), "every_steps"),
         (lambda: LoopConfig(accum_steps=0), "accum_steps"),
         (lambda: CheckpointConfig(keep=0), "keep"),
+        (lambda: OptimizerConfig(name="adam", eps=0.0), r"`eps` must be positive, got 0\.0"),
+        (lambda: OptimizerConfig(name="adamw", eps=-1e-8), r"`eps` must be positive, got -1e-08"),
+        (lambda: OptimizerConfig(name="sgd", eps=-1.0), r"`eps` must be non-negative, got -1\.0"),
+        (lambda: OptimizerConfig(b1=1.0), r"`b1` must be in \[0, 1\), got 1\.0"),
+        (lambda: OptimizerConfig(name="sgd", b1=-0.5), r"`b1` must be in \[0, 1\), got -0\.5"),
+        (lambda: OptimizerConfig(b2=1.0), r"`b2` must be in \[0, 1\), got 1\.0"),
+        (lambda: OptimizerConfig(name="lion", b2=1.5), r"`b2` must be in \[0, 1\), got 1\.5"),
+        (lambda: OptimizerConfig(b2=float("nan")), r"`b2` must be in \[0, 1\), got nan"),
+        (lambda: OptimizerConfig(name="sgd", weight_decay=0.1), r"`weight_decay` \(0\.1\).*'sgd'"),
+        (lambda: OptimizerConfig(name="adam", weight_decay=0.1), r"`weight_decay`.*'adam'"),
     ],
 )
 def test_invalid_configs_are_rejected(build, match):
     with pytest.raises(ValueError, match=match):
         build()
+
+
+def test_adam_with_b2_one_or_eps_zero_would_write_nan():
+    # Why the limits: optax's Adam at b2 = 1, or at eps = 0 with a zero gradient, updates to NaN.
+    params, grads = {"w": jnp.ones(2)}, {"w": jnp.array([0.0, 1.0])}
+    for tx in (optax.adam(0.1, b2=1.0), optax.adam(0.1, eps=0.0)):
+        updates, _ = tx.update(grads, tx.init(params), params)
+        assert np.isnan(np.asarray(updates["w"][0]))
+    tx = OptimizerConfig(name="adam", learning_rate=0.1, b2=0.0, grad_clip_norm=None).build(3)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates["w"], [0.0, -0.1], rtol=1e-6)  # 0 / (0 + eps) = 0
+
+
+def test_edge_values_and_decaying_optimizers_are_accepted():
+    OptimizerConfig(name="sgd", b1=0.0, eps=0.0)
+    OptimizerConfig(name="adam", b1=0.0, b2=0.0, eps=1e-30)
+    params = {"w": jnp.full((2, 2), 2.0)}
+    zero = {"w": jnp.zeros((2, 2))}
+    # weight_decay is allowed exactly where build applies it: the update with zero gradients
+    # differs from the one without decay.
+    for name in ("adamw", "lion", "adafactor"):
+        moved = []
+        for wd in (0.0, 0.5):
+            cfg = OptimizerConfig(
+                name=name, learning_rate=0.1, weight_decay=wd, grad_clip_norm=None
+            )
+            tx = cfg.build(3)
+            updates, _ = tx.update(zero, tx.init(params), params)
+            moved.append(np.asarray(updates["w"]))
+        np.testing.assert_allclose(moved[0], 0.0, atol=1e-12)
+        assert np.all(moved[1] < 0), name
 
 
 def test_configs_are_frozen_and_serialisable():

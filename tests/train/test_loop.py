@@ -171,6 +171,7 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
         _run(tmp_path, 8, nan_at=4)
     assert info.value.step == 5 and info.value.last_checkpoint == 4
     assert not np.isfinite(info.value.metrics["loss"])
+    assert info.value.paths == ("params['w']",)  # update 5 applied the NaN gradient
     ckpt = TrainCheckpointer(tmp_path / "checkpoints")
     assert ckpt.all_steps() == [2, 4]
     restored = ckpt.restore(_state())
