@@ -219,7 +219,8 @@ class CheckpointConfig:
       keep: number of most recent checkpoints kept.
       async_save: write in a background thread (the step loop continues after the
         device-to-host copy).
-      resume: restore the latest good checkpoint of `directory` when there is one.
+      resume: restore the latest good checkpoint of `directory` when there is one (False: the
+        directory must hold no checkpoints; `train` refuses to mix two runs in it).
       verify: store a checksum of every array and check it on restore, so silently corrupted
         files are detected and the previous checkpoint is used instead.
       save_on_preemption: on SIGTERM, save at the current step and stop cleanly.

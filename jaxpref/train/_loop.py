@@ -337,6 +337,15 @@ def train(
     restored = None
     if ckpt_cfg.resume:
         restored = checkpointer.restore(state)
+    elif checkpointer.latest_step() is not None:
+        existing = checkpointer.latest_step()
+        checkpointer.close()
+        raise ValueError(
+            f"train: {config.checkpoint_dir} already holds checkpoints (latest step {existing}) "
+            "and `checkpoint.resume` is False: a new run there would mix its checkpoints with "
+            "the old ones (and skip saving their steps). Remove them, choose another "
+            "directory, or resume."
+        )
     if restored is not None:
         state = restored.state
         if restored.data_state is not None and has_state:

@@ -301,6 +301,15 @@ def test_finished_run_does_not_train_again(reference_run, tmp_path):
     assert state_bytes(again.state) == state_bytes(first.state)
 
 
+def test_a_fresh_run_refuses_a_directory_with_checkpoints(tmp_path):
+    _run(tmp_path, 4)
+    before = _saved_steps(tmp_path / "checkpoints")
+    with pytest.raises(ValueError, match="already holds checkpoints \\(latest step 4\\)"):
+        _run(tmp_path, 6, resume=False)
+    assert _saved_steps(tmp_path / "checkpoints") == before
+    assert _run(tmp_path / "fresh", 2, resume=False).step == 2  # an empty directory is fine
+
+
 def test_exhausted_data_saves_and_reports(tmp_path):
     data = IndexedIterator(_batch, stop=3)
     result = train(_config(tmp_path, 10), _state(), STEP, data)
