@@ -258,7 +258,9 @@ class Config:
       loss: the preference loss.
       batch_size: preference pairs per DPO step.
       reference: "live" (reference forward pass in every step) or "cached" (reference log-probs
-        of every training pair computed once before training).
+        of every training pair computed once before training). Reference-free losses (simpo,
+        cpo, orpo, ...) skip the live forward pass; the report's implicit rewards always use
+        the reference.
       sharding: "none" (one device), or a `jaxpref.parallel` rules table over all devices
         ("dp", "fsdp", "fsdp_tp").
       loop: DPO steps, evaluation period, seed.
@@ -820,7 +822,10 @@ def run_dpo(
     """
     tx = config.optimizer.build(config.loop.steps)
     model = model_def.merge(init_params)
-    live = config.reference == "live"
+    # Reference-free losses (simpo, cpo, orpo, ...) train without the reference forward pass;
+    # their `rewards/*` training metrics are then `beta log pi` (as TRL's CPOTrainer logs them).
+    needs_ref = jl.info(config.loss.name).needs_reference or config.ref_sync.enabled
+    live = config.reference == "live" and needs_ref
     model_def, state, sharding = create_train_state(
         model, tx, config.loop.seed, with_reference=live, mesh=mesh, rules=rules
     )

@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 
 from experiments import dpo
-from jaxpref.train import CheckpointConfig, LoggingConfig, LoopConfig, OptimizerConfig
+from jaxpref.train import (
+    CheckpointConfig,
+    LoggingConfig,
+    LoopConfig,
+    OptimizerConfig,
+    read_metrics,
+)
 
 CACHE = pathlib.Path(__file__).resolve().parents[2] / ".jax_cache"
 QUIET = LoggingConfig(every_steps=1, stdout=False, progress=False, tensorboard=False)
@@ -66,12 +72,15 @@ def tiny_run(tmp_path_factory):
     return out, dpo.main(tiny(out))
 
 
-def _checkpoint_params(run_dir, step):
+def _checkpoint_state(run_dir, step):
     import orbax.checkpoint as ocp
 
     path = run_dir / "dpo" / "checkpoints" / str(step) / "state"
-    restored = ocp.StandardCheckpointer().restore(path)
-    return restored["params"]
+    return ocp.StandardCheckpointer().restore(path)
+
+
+def _checkpoint_params(run_dir, step):
+    return _checkpoint_state(run_dir, step)["params"]
 
 
 def test_tiny_run_writes_a_complete_report(tiny_run):
@@ -195,6 +204,15 @@ def test_other_losses_train(tmp_path, name, hparams):
     report = dpo.main(tiny(tmp_path, loss=dpo.LossSpec(name=name, hparams=hparams)))
     assert report["loss_name"] == name
     assert np.isfinite(report["implicit_reward_chosen_end"])
+    train_records = [r for r in read_metrics(tmp_path / "dpo") if r.get("split") == "train"]
+    r = train_records[-1]
+    state = _checkpoint_state(tmp_path, report["steps"])
+    if name == "ipo":  # implicit rewards against the live reference
+        assert r["rewards/chosen"] != pytest.approx(0.1 * r["logps/chosen"])
+        assert "ref_params" in state
+    else:  # reference-free: no reference forward pass, rewards are beta log pi
+        assert r["rewards/chosen"] == pytest.approx(0.1 * r["logps/chosen"], rel=1e-5)
+        assert "ref_params" not in state
 
 
 @pytest.mark.parametrize(
