@@ -561,16 +561,6 @@ def _load_or_sample_pairs(path: pathlib.Path, key: Mapping[str, str], make: Call
     return pairs
 
 
-def _fingerprint_arrays(arrays: Mapping[str, np.ndarray]) -> str:
-    """SHA-256 over the names, dtypes, shapes and bytes of `arrays` (sorted by name)."""
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        arr = np.ascontiguousarray(np.asarray(arrays[name]))
-        h.update(f"{name}{arr.dtype}{arr.shape}".encode())
-        h.update(arr.tobytes())
-    return h.hexdigest()
-
-
 def _file_sha256(path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -995,7 +985,7 @@ def _main_synthetic(config: Config, out: pathlib.Path, hparams: Mapping) -> dict
         f"{config.loss.name} (beta={beta}) for {config.loop.steps} steps of "
         f"{config.batch_size} pairs, reference {config.reference}"
     )
-    inputs = {"reference_fingerprint": ref_fp, "pairs_fingerprint": _fingerprint_arrays(stored)}
+    inputs = {"reference_fingerprint": ref_fp, "pairs_fingerprint": params_fingerprint(stored)}
     summary, params, trains, evals = train_and_summarise(
         config, model_def, ref_params, batches, out, hparams, evaluator,
         inputs=inputs, mesh=mesh, rules=rules,

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxpref._checks import check_floating, check_rank, check_same_shape, f32
+from jaxpref.logprobs import masked_mean
 from jaxpref.losses import _registry
 
 __all__ = ["PreferenceAux", "multi_objective", "preference_objective"]
@@ -93,29 +94,20 @@ def _aux(beta, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logp
     rewards_r = beta * ratio_r
     mask = None if mask is None else jax.lax.stop_gradient(mask)
     return PreferenceAux(
-        rewards_chosen=_masked_mean(rewards_c, mask),
-        rewards_rejected=_masked_mean(rewards_r, mask),
-        margins=_masked_mean(rewards_c - rewards_r, mask),
-        accuracies=_masked_mean((rewards_c > rewards_r).astype(jnp.float32), mask),
-        logps_chosen=_masked_mean(c, mask),
-        logps_rejected=_masked_mean(r, mask),
+        rewards_chosen=masked_mean(rewards_c, mask),
+        rewards_rejected=masked_mean(rewards_r, mask),
+        margins=masked_mean(rewards_c - rewards_r, mask),
+        accuracies=masked_mean((rewards_c > rewards_r).astype(jnp.float32), mask),
+        logps_chosen=masked_mean(c, mask),
+        logps_rejected=masked_mean(r, mask),
     )
-
-
-def _masked_mean(x, mask):
-    """Mean of `x` over the pairs where `mask` is 1 (all pairs when None; 0 when none)."""
-    x = f32(x)
-    if mask is None:
-        return jnp.mean(x)
-    m = f32(mask)
-    return jnp.sum(jnp.where(m > 0, x * m, 0.0)) / jnp.maximum(jnp.sum(m), 1.0)
 
 
 def _weighted_mean(per_pair, weights, mask):
     per_pair = f32(per_pair)
     if weights is not None:
         per_pair = per_pair * f32(weights)
-    return _masked_mean(per_pair, mask)
+    return masked_mean(per_pair, mask)
 
 
 def _pair_mask(fn, mask, chosen_logps):

@@ -29,6 +29,7 @@ from jaxpref._checks import f32
 from jaxpref.logprobs import (
     chunked_token_logprobs,
     lengths,
+    masked_mean,
     masked_sum,
     shift_targets,
     split_pairs,
@@ -242,12 +243,6 @@ def _pair_mask(batch):
     return None if pm is None else jnp.asarray(pm).astype(jnp.float32)
 
 
-def _masked_mean(x, mask):
-    if mask is None:
-        return jnp.mean(x)
-    return jnp.sum(jnp.where(mask > 0, x * mask, 0.0)) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
 def _pair_count(batch):
     pm = batch.get("pair_mask")
     if pm is None:
@@ -431,13 +426,13 @@ def make_reward_objective(
             chosen, rejected, margin=m, center_rewards_coefficient=center_rewards_coefficient
         )
         mask = _pair_mask(batch)
-        value = _masked_mean(per_pair, mask)
+        value = masked_mean(per_pair, mask)
         c, r = jax.lax.stop_gradient(chosen), jax.lax.stop_gradient(rejected)
         metrics = {
-            "rewards/chosen": _masked_mean(c, mask),
-            "rewards/rejected": _masked_mean(r, mask),
-            "rewards/margins": _masked_mean(c - r, mask),
-            "rewards/accuracies": _masked_mean((c > r).astype(jnp.float32), mask),
+            "rewards/chosen": masked_mean(c, mask),
+            "rewards/rejected": masked_mean(r, mask),
+            "rewards/margins": masked_mean(c - r, mask),
+            "rewards/accuracies": masked_mean((c > r).astype(jnp.float32), mask),
         }
         return value, metrics
 
