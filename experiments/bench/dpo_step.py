@@ -264,17 +264,22 @@ def time_gemms(gemms, dtype, *, repeats: int, seed: int = 0) -> float:
     def run(ops):
         return [jnp.einsum(eq, x, y) for eq, (x, y) in zip(equations, ops, strict=True)]
 
-    jax.block_until_ready(run(operands))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(run(operands))
-        best = min(best, time.perf_counter() - start)
-    return best
+    return best_time(run, operands, repeats=repeats)
 
 
 # ------------------------------------------------------------------------------------------------
 # Timing helpers
+
+
+def best_time(fn: Callable, *args, repeats: int) -> float:
+    """Best seconds of `repeats` calls of `fn(*args)` (results ready), after one warm-up call."""
+    jax.block_until_ready(fn(*args))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def matmul_peak(sizes, dtype, *, repeats: int) -> dict:
@@ -284,13 +289,7 @@ def matmul_peak(sizes, dtype, *, repeats: int) -> dict:
     for n in sizes:
         a = jax.random.normal(key, (n, n), jnp.float32).astype(dtype)
         b = jax.random.normal(jax.random.fold_in(key, 1), (n, n), jnp.float32).astype(dtype)
-        f = jax.jit(lambda x, y: x @ y)
-        jax.block_until_ready(f(a, b))
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            jax.block_until_ready(f(a, b))
-            best = min(best, time.perf_counter() - start)
+        best = best_time(jax.jit(lambda x, y: x @ y), a, b, repeats=repeats)
         out[n] = 2 * n**3 / best / 1e9
     return out
 
