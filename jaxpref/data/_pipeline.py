@@ -11,7 +11,8 @@
    in each epoch the shards are disjoint and cover the dataset (the last `N mod shard_count`
    elements of an epoch's permutation are dropped so all processes run the same number of steps);
 4. records are tokenized; a bad record raises `DataError` or, with `on_error="skip"`, becomes a
-   filler pair (`pair_mask` 0) and is counted in the `report` passed in;
+   filler pair (`pair_mask` 0) and is counted in the `report` passed in, as is every record
+   that truncation cut (`report.num_truncated`);
 5. `batch_size` consecutive records make one batch (`drop_remainder`, so every batch has the same
    number of pairs; batches may straddle epochs).
 
@@ -97,6 +98,7 @@ def _tokenize(item, *, tokenizer, config, on_error, report):
         return _Skipped(e)
     with _REPORT_LOCK:
         report.num_records += 1
+        report.num_truncated += int(out.truncated)
     return out
 
 
@@ -142,8 +144,9 @@ def preference_pipeline(
       shard_count: number of shards; None uses `jax.process_count()`.
       on_error: `"raise"` or `"skip"` for records that fail tokenization (`too_long`, ...).
       packing: pack pairs into rows (`PackingConfig`) instead of `[2B, T]` batches.
-      report: a `ReadReport` counting, in this process, the records tokenized and skipped
-        (including records tokenized ahead of consumption by grain's prefetching).
+      report: a `ReadReport` counting, in this process, the records tokenized, truncated
+        (`num_truncated`) and skipped (including records tokenized ahead of consumption by
+        grain's prefetching).
 
     Returns:
       `grain.MapDataset` of `PairBatch` (or `PackedPairBatch`) of numpy arrays.

@@ -103,12 +103,17 @@ def _rebuild_error(reason, detail, path, line):
 class ReadReport:
     """What a reader (or tokenizer) kept and what it skipped, by reason.
 
+    Skip reasons are the short, stable category strings of `REASONS` (usable as table keys);
+    the full messages, with path and line, are in `examples`.
+
     Attributes:
       num_records: records kept.
       skipped: `Counter` of skipped records by `DataError.reason`.
       num_blank: blank lines ignored (not errors).
       examples: the first `max_examples` errors of each reason, with path and line.
       max_examples: how many errors to keep per reason.
+      num_truncated: records kept whose tokens were cut to fit `TokenizeConfig` lengths
+        (tokenization only; each has `truncated=True`).
 
     Example:
       >>> r = ReadReport()
@@ -126,6 +131,7 @@ class ReadReport:
     num_blank: int = 0
     examples: list = dataclasses.field(default_factory=list)
     max_examples: int = 5
+    num_truncated: int = 0
 
     @property
     def num_skipped(self) -> int:
@@ -150,6 +156,7 @@ class ReadReport:
         """Adds the counts and examples of `other` into this report (in place) and returns it."""
         self.num_records += other.num_records
         self.num_blank += other.num_blank
+        self.num_truncated += other.num_truncated
         for err in other.examples:
             if sum(e.reason == err.reason for e in self.examples) < self.max_examples:
                 self.examples.append(err)
@@ -162,6 +169,8 @@ class ReadReport:
         if self.skipped:
             reasons = ", ".join(f"{r}: {n}" for r, n in sorted(self.skipped.items()))
             text += f" ({reasons}); first: {self.examples[0]}"
+        if self.num_truncated:
+            text += f"; {self.num_truncated} truncated"
         if self.num_blank:
             text += f"; {self.num_blank} blank lines ignored"
         return text
@@ -171,6 +180,7 @@ class ReadReport:
         return {
             "num_records": self.num_records,
             "num_blank": self.num_blank,
+            "num_truncated": self.num_truncated,
             "skipped": dict(self.skipped),
             "examples": [
                 {"reason": e.reason, "detail": e.detail, "path": e.path, "line": e.line}
@@ -185,6 +195,7 @@ class ReadReport:
             num_records=int(d["num_records"]),
             skipped=Counter({k: int(v) for k, v in d["skipped"].items()}),
             num_blank=int(d.get("num_blank", 0)),
+            num_truncated=int(d.get("num_truncated", 0)),
             examples=[
                 DataError(e["reason"], e["detail"], path=e["path"], line=e["line"])
                 for e in d["examples"]

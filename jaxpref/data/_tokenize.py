@@ -100,11 +100,30 @@ def _special_id(lookup, vocab_size: int, name: str, token) -> int | None:
 class HFTokenizer:
     """A Hugging Face `tokenizers` tokenizer loaded from a `tokenizer.json`.
 
+    Truncation and padding stored in the `tokenizer.json` (pipelines often export them, e.g. a
+    `"truncation": {"max_length": 50}` entry) are switched off on load: `TokenizeConfig` is the
+    only length setting, so every cut is made by jaxpref, flagged (`truncated`) and counted. The
+    settings found are kept in `ignored_settings`; a `tokenizers.Tokenizer` passed in is copied,
+    never modified.
+
     Args:
       tokenizer: path to a `tokenizer.json` or a `tokenizers.Tokenizer`.
       bos_token: beginning-of-sequence token (string or id), or None.
       eos_token: end-of-sequence token, or None.
       pad_token: padding token; None uses `eos_token`, else id 0.
+
+    Attributes:
+      path: the `tokenizer.json` path, or None for a tokenizer passed in.
+      tokenizer: the `tokenizers.Tokenizer`, with truncation and padding off.
+      vocab_size: number of token ids (added tokens included).
+      bos_id: beginning-of-sequence id, or None.
+      eos_id: end-of-sequence id, or None.
+      pad_id: padding id.
+      ignored_settings: `{"truncation": ..., "padding": ...}` as stored in the tokenizer, for
+        each of the two that was set (empty when neither was).
+
+    Raises:
+      ValueError: when a special token is not in the vocabulary.
 
     Example:
       >>> from tokenizers import Tokenizer, models, pre_tokenizers
@@ -123,6 +142,13 @@ class HFTokenizer:
             tokenizer = _Raw.from_file(self.path)
         else:
             self.path = None
+        stored = {"truncation": tokenizer.truncation, "padding": tokenizer.padding}
+        self.ignored_settings = {k: dict(v) for k, v in stored.items() if v is not None}
+        if self.ignored_settings:
+            if self.path is None:
+                tokenizer = _Raw.from_str(tokenizer.to_str())  # leave the caller's object as is
+            tokenizer.no_truncation()
+            tokenizer.no_padding()
         self.tokenizer = tokenizer
         self.vocab_size = int(tokenizer.get_vocab_size(with_added_tokens=True))
         lookup = tokenizer.token_to_id
