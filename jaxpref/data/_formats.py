@@ -53,6 +53,7 @@ from jaxpref.data._records import (
     RankedExample,
     ReadReport,
     UnpairedExample,
+    _brief,
 )
 
 __all__ = [
@@ -526,7 +527,9 @@ def _get(row: dict, name: str, *, required: bool = True):
     value = row.get(name, _MISSING)
     if value is _MISSING or value is None:
         if required:
-            present = ", ".join(repr(k) for k in list(row)[:8])
+            if value is None:
+                raise DataError("missing_field", f"field {name!r} is null")
+            present = ", ".join(_brief(k, 20) for k in list(row)[:8])
             raise DataError("missing_field", f"no field {name!r} (fields: {present})")
         return None
     return value
@@ -586,6 +589,11 @@ def _pair_from_row(row: dict, fields: FieldMap, multi_turn: MultiTurn) -> Prefer
             _check_turns(chosen, rejected, multi_turn)
     elif isinstance(chosen, str) and isinstance(rejected, str):
         if HH_ASSISTANT not in chosen and HH_ASSISTANT not in rejected:
+            if HH_HUMAN in chosen or HH_HUMAN in rejected:
+                raise DataError(
+                    "no_prompt_split",
+                    f"HH texts without an {HH_ASSISTANT!r} marker in chosen or rejected",
+                )
             raise DataError(
                 "missing_field",
                 f"no field {fields.prompt!r}, and chosen/rejected are not HH texts with "
@@ -623,7 +631,7 @@ def _unpaired_from_row(row: dict, fields: UnpairedFields, multi_turn: MultiTurn)
     if isinstance(label, int) and not isinstance(label, bool) and label in (0, 1):
         label = bool(label)
     if not isinstance(label, bool):
-        raise DataError("bad_field", f"{fields.label} must be a boolean, got {label!r}")
+        raise DataError("bad_field", f"{fields.label} must be a boolean, got {_brief(label)}")
     if isinstance(completion, tuple) and len(completion) > 1 and multi_turn != "keep":
         _check_turns(completion, completion, multi_turn)
     used = {fields.prompt, fields.completion, fields.label}
@@ -657,12 +665,15 @@ def _iter_records(path, parse: Callable, *, file_format, on_error, multi_turn, r
 
 def _records(path, rows, parse, on_error, report) -> Iterator:
     for line, row in rows:
-        try:
-            if isinstance(row, DataError):
-                raise row
-            record = parse(row)
-        except DataError as e:
-            report.handle(e.located(path, line), on_error)
+        error = row if isinstance(row, DataError) else None
+        if error is None:
+            try:
+                record = parse(row)
+            except DataError as e:
+                error = e
+        if error is not None:
+            # Raised outside the `except` block: one exception, no chained context.
+            report.handle(error.located(path, line), on_error)
             continue
         report.num_records += 1
         yield dataclasses.replace(record, path=path, line=line)

@@ -51,13 +51,28 @@ REASONS = (
 
 
 class DataError(ValueError):
-    """A bad record: `path:line: reason: message`.
+    """A bad record (or unreadable file), in one short line: `path:line: reason: detail`.
+
+    Readers raise it at the first bad record under `on_error="raise"`, so a command line can
+    catch it and suggest skipping such records. `reason` is a stable category, usable as a
+    table key; the message is at most one line, with long values cut.
+
+    Args:
+      reason: one of `REASONS`.
+      detail: what is wrong; line breaks are replaced by spaces and text past 300 characters
+        is cut.
+      path: file the record came from (None for in-memory records).
+      line: 1-based line (JSONL, counted in the decompressed text) or row (Parquet) number;
+        None when unknown or when the whole file is bad.
 
     Attributes:
       reason: one of `REASONS`.
-      detail: human-readable description of what is wrong.
+      detail: human-readable description of what is wrong (one line).
       path: file the record came from (None for in-memory records).
       line: 1-based line (JSONL) or row (Parquet) number, None when unknown.
+
+    Raises:
+      ValueError: when `reason` is not one of `REASONS`.
 
     Example:
       >>> err = DataError("missing_field", "no field 'chosen'", path="a.jsonl", line=3)
@@ -71,13 +86,21 @@ class DataError(ValueError):
         if reason not in REASONS:
             raise ValueError(f"DataError: unknown reason {reason!r}; expected one of {REASONS}.")
         self.reason = reason
-        self.detail = detail
+        self.detail = _one_line(detail)
         self.path = path
         self.line = line
         super().__init__(str(self))
 
     def located(self, path: str | None, line: int | None) -> DataError:
-        """Returns a copy of this error at `path:line` (keeps an existing location)."""
+        """Returns a copy of this error at `path:line` (keeps an existing location).
+
+        Args:
+          path: file of the record, used when the error has none.
+          line: 1-based line or row, used when the error has none.
+
+        Returns:
+          A new `DataError` with the same reason and detail.
+        """
         return DataError(
             self.reason,
             self.detail,
@@ -93,6 +116,20 @@ class DataError(ValueError):
 
     def __reduce__(self):
         return (_rebuild_error, (self.reason, self.detail, self.path, self.line))
+
+
+_MAX_DETAIL = 300
+
+
+def _one_line(text) -> str:
+    text = " ".join(str(text).splitlines())
+    return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 3] + "..."
+
+
+def _brief(value, limit: int = 40) -> str:
+    """`repr(value)`, cut to `limit` characters (error messages stay one short line)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _rebuild_error(reason, detail, path, line):
@@ -163,6 +200,25 @@ class ReadReport:
         self.skipped.update(other.skipped)
         return self
 
+    def locations(self) -> dict[str, list[str]]:
+        """The kept example locations of each skip reason, as `"path:line"` strings.
+
+        Returns:
+          `{reason: ["path:line", ...]}` with at most `max_examples` entries per reason, in
+          the order they were met (`"<memory>"` for records without a path).
+
+        Example:
+          >>> r = ReadReport()
+          >>> r.add_skip(DataError("missing_field", "no field 'chosen'", path="d.jsonl", line=3))
+          >>> print(r.locations())
+          {'missing_field': ['d.jsonl:3']}
+        """
+        out: dict[str, list[str]] = {}
+        for e in self.examples:
+            where = "<memory>" if e.path is None else str(e.path)
+            out.setdefault(e.reason, []).append(where if e.line is None else f"{where}:{e.line}")
+        return out
+
     def summary(self) -> str:
         """One line: records kept, skips by reason and the first error."""
         text = f"kept {self.num_records} records, skipped {self.num_skipped}"
@@ -222,7 +278,7 @@ class Message:
     def __post_init__(self):
         if not isinstance(self.role, str) or not self.role:
             raise DataError(
-                "bad_field", f"message role must be a non-empty string, got {self.role!r}"
+                "bad_field", f"message role must be a non-empty string, got {_brief(self.role)}"
             )
         _check_string("message content", self.content)
 
@@ -273,13 +329,14 @@ def _check_score(name: str, score) -> None:
     if score is None:
         return
     if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
-        raise DataError("bad_field", f"{name} must be a finite number or None, got {score!r}")
+        raise DataError("bad_field", f"{name} must be a finite number or None, got {_brief(score)}")
 
 
 def _check_completion_roles(name: str, text) -> None:
     if isinstance(text, tuple) and text[0].role != "assistant":
         raise DataError(
-            "bad_field", f"{name} must start with an assistant message, got role {text[0].role!r}"
+            "bad_field",
+            f"{name} must start with an assistant message, got role {_brief(text[0].role)}",
         )
 
 
@@ -387,7 +444,9 @@ class UnpairedExample:
                 raise DataError("empty_completion", "completion is empty")
             _check_completion_roles("completion", self.completion)
             if not isinstance(self.desirable, bool | np.bool_):
-                raise DataError("bad_field", f"desirable must be a bool, got {self.desirable!r}")
+                raise DataError(
+                    "bad_field", f"desirable must be a bool, got {_brief(self.desirable)}"
+                )
         except DataError as e:
             raise e.located(self.path, self.line) from None
 
@@ -432,7 +491,7 @@ class RankedExample:
                 raise DataError(
                     "bad_field",
                     f"scores must be a tuple with one score per completion "
-                    f"({len(self.completions)}), got {self.scores!r}",
+                    f"({len(self.completions)}), got {_brief(self.scores)}",
                 )
             for i, s in enumerate(self.scores):
                 if s is None:

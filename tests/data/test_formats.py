@@ -7,6 +7,7 @@ import lzma
 import os
 import random
 import tempfile
+import traceback
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -611,3 +612,84 @@ def test_binary_file_fails_once_with_a_clear_error(tmp_path, name, make, expect)
 def test_compressed_parquet_suffix_is_refused(tmp_path):
     with pytest.raises(ValueError, match="Parquet compresses its own columns"):
         read_preferences(str(tmp_path / "train.parquet.gz"))
+
+
+# --------------------------------------------------------------------------------------------
+# Bad HH-RLHF records: one short exception under "raise", counts by reason under "skip".
+
+HH_BAD = {
+    "diverging_history": {
+        "chosen": f"{H} Hi{A} Hello.{H} Any tips?{A} Drink water.",
+        "rejected": f"{H} Hi{A} Go away.{H} Any tips?{A} No.",
+    },
+    "no_prompt_split": {"chosen": f"{H} Hi there", "rejected": f"{H} Hi you"},
+    "empty_completion": {"chosen": f"{H} Hi{A}", "rejected": f"{H} Hi{A} Hello."},
+    "missing_field": {"chosen": None, "rejected": f"{H} Hi{A} Hello."},
+}
+HH_GOOD = json.dumps({"chosen": f"{H} Hi{A} Hello.", "rejected": f"{H} Hi{A} Go away."})
+
+
+@pytest.mark.parametrize(
+    "bad,reason,says",
+    [
+        (json.dumps(HH_BAD["diverging_history"]), "diverging_history", "before the final"),
+        (json.dumps(HH_BAD["no_prompt_split"]), "no_prompt_split", "Assistant"),
+        (json.dumps(HH_BAD["empty_completion"]), "empty_completion", "chosen is empty"),
+        (json.dumps(HH_BAD["missing_field"]), "missing_field", "'chosen' is null"),
+        ('{"chosen": "\\n\\nHuman: Hi", ', "malformed_json", "invalid JSON"),
+        (json.dumps([HH_BAD["empty_completion"]]), "malformed_json", "expected a JSON object"),
+    ],
+    ids=["diverging", "no-marker", "empty", "null", "invalid-json", "not-object"],
+)
+def test_bad_hh_record_raises_one_short_error(tmp_path, bad, reason, says):
+    path = _write_lines(tmp_path / "harmless.jsonl", [HH_GOOD] * 86 + [bad, HH_GOOD])
+    with pytest.raises(DataError) as e:
+        read_preferences(path)
+    err = e.value
+    assert isinstance(err, ValueError)
+    assert (err.path, err.line, err.reason) == (path, 87, reason)
+    message = str(err)
+    assert message.startswith(f"{path}:87: {reason}: ") and says in message
+    assert "\n" not in message and len(message) < len(path) + 200
+    assert err.__context__ is None and err.__cause__ is None  # one exception, no chain
+    text = "".join(traceback.format_exception(err))
+    assert "During handling" not in text and "direct cause" not in text
+
+
+def test_bad_hh_records_skipped_and_counted_by_reason(tmp_path):
+    lines = [HH_GOOD]
+    for row in HH_BAD.values():
+        lines += [json.dumps(row)] * 2 + [HH_GOOD]
+    lines += ["{oops", "[1, 2]", "null", json.dumps({"chosen": f"{H} Hi{A} a", "rejected": None})]
+    path = _write_lines(tmp_path / "harmless.jsonl", lines)
+    pairs, report = read_preferences(path, on_error="skip")
+    assert len(pairs) == report.num_records == 5
+    assert dict(report.skipped) == {
+        "diverging_history": 2,
+        "no_prompt_split": 2,
+        "empty_completion": 2,
+        "missing_field": 3,
+        "malformed_json": 3,
+    }
+    assert set(report.skipped) <= set(REASONS)
+    first = {}
+    for err in report.examples:
+        first.setdefault(err.reason, err)
+        assert err.path == path and "\n" not in str(err)
+    assert {r: e.line for r, e in first.items()} == {
+        "diverging_history": 2,
+        "no_prompt_split": 5,
+        "empty_completion": 8,
+        "missing_field": 11,
+        "malformed_json": 14,
+    }
+    assert report.to_dict()["skipped"] == dict(report.skipped)
+    assert report.locations()["no_prompt_split"] == [f"{path}:5", f"{path}:6"]
+
+
+def test_long_values_are_cut_in_error_messages(tmp_path):
+    row = {"prompt": "Q", "completion": " a", "label": "yes " * 500}
+    path = _write_lines(tmp_path / "u.jsonl", [json.dumps(row)])
+    with pytest.raises(DataError) as e:
+        read_unpaired(path)
+    assert e.value.reason == "bad_field" and len(str(e.value)) < len(path) + 120
