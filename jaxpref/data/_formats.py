@@ -115,6 +115,12 @@ class FieldMap:
 class UnpairedFields:
     """Field names of an unpaired (KTO-style) row: prompt, completion and a boolean label.
 
+    Attributes:
+      prompt: prompt field (a string or a list of messages).
+      completion: completion field.
+      label: desirability field: a boolean, or 0 / 1.
+      metadata: fields copied into `UnpairedExample.metadata`; None copies every other field.
+
     Example:
       >>> print(UnpairedFields().label)
       label
@@ -129,6 +135,12 @@ class UnpairedFields:
 @dataclasses.dataclass(frozen=True)
 class RankedFields:
     """Field names of a ranked row: prompt, a list of completions and one score per completion.
+
+    Attributes:
+      prompt: prompt field.
+      completions: field holding a list of at least two completions.
+      scores: field holding a list of numbers, one per completion (higher is better).
+      metadata: fields copied into `RankedExample.metadata`; None copies every other field.
 
     Example:
       >>> print(RankedFields().scores)
@@ -691,15 +703,25 @@ def iter_preferences(
     """Streams `PreferencePair`s from a JSONL or Parquet file (see the module docstring).
 
     Args:
-      path: file path (`.jsonl`/`.json`/`.ndjson` or `.parquet`, or give `file_format`).
+      path: file path: `.jsonl`/`.json`/`.ndjson`, optionally gzip/bzip2/xz compressed
+        (`.gz`/`.bz2`/`.xz`, or recognised by magic bytes), or `.parquet`; for other names give
+        `file_format`.
       fields: field names.
-      file_format: `"auto"` (from the suffix), `"jsonl"` or `"parquet"`.
+      file_format: `"auto"` (from the suffix under any compression suffix), `"jsonl"` or
+        `"parquet"`.
       multi_turn: `"error"` or `"keep"` for completions spanning several turns.
       on_error: `"raise"` at the first bad record or `"skip"` and count it.
       report: a `ReadReport` to fill (counts kept, skipped by reason, blank lines).
 
     Returns:
       Iterator of validated pairs carrying `path` and `line`.
+
+    Raises:
+      DataError: at the first bad record under `on_error="raise"` (one line:
+        `path:line: reason: detail`); for a file that cannot be read as a whole (not text,
+        corrupt compressed data, unreadable Parquet: `malformed_file`) under either policy.
+      ValueError: for an unknown `file_format`, `multi_turn` or `on_error`, or a name whose
+        format cannot be inferred.
 
     Example:
       >>> import json, os, tempfile
@@ -726,7 +748,18 @@ def iter_preferences(
 def read_preferences(path, **kwargs) -> tuple[list[PreferencePair], ReadReport]:
     """Reads a whole file of preference pairs: `(pairs, report)`.
 
-    Takes the keyword arguments of `iter_preferences` (except `report`).
+    Args:
+      path: file path (JSONL, possibly gzip/bzip2/xz compressed, or Parquet; see
+        `iter_preferences`).
+      **kwargs: keyword arguments of `iter_preferences` (`fields`, `file_format`,
+        `multi_turn`, `on_error`), except `report`.
+
+    Returns:
+      `(pairs, report)`: the list of validated `PreferencePair`s, each with its `path` and
+      `line`, and the `ReadReport` of the read (kept, skipped by reason, blank lines).
+
+    Raises:
+      DataError: see `iter_preferences`.
 
     Example:
       >>> import json, os, tempfile
@@ -787,6 +820,13 @@ def iter_unpaired(
 def read_unpaired(path, **kwargs) -> tuple[list[UnpairedExample], ReadReport]:
     """Reads a whole file of unpaired examples: `(examples, report)` (see `iter_unpaired`).
 
+    Args:
+      path: file path (JSONL, possibly compressed, or Parquet).
+      **kwargs: keyword arguments of `iter_unpaired`, except `report`.
+
+    Returns:
+      `(examples, report)`: the list of `UnpairedExample`s and the `ReadReport`.
+
     Example:
       >>> import json, os, tempfile
       >>> f = os.path.join(tempfile.mkdtemp(), "u.jsonl")
@@ -843,6 +883,13 @@ def iter_ranked(
 
 def read_ranked(path, **kwargs) -> tuple[list[RankedExample], ReadReport]:
     """Reads a whole file of ranked examples: `(examples, report)` (see `iter_ranked`).
+
+    Args:
+      path: file path (JSONL, possibly compressed, or Parquet).
+      **kwargs: keyword arguments of `iter_ranked`, except `report`.
+
+    Returns:
+      `(examples, report)`: the list of `RankedExample`s and the `ReadReport`.
 
     Example:
       >>> import json, os, tempfile

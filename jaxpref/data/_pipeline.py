@@ -73,6 +73,18 @@ class _Skipped(NamedTuple):
 def shard_indices(num_records: int, shard_index: int, shard_count: int) -> range:
     """Positions of one shard in an epoch's permutation (equal sizes, disjoint, covering).
 
+    Args:
+      num_records: records per epoch `N`.
+      shard_index: this shard, in `[0, shard_count)`.
+      shard_count: number of shards (processes).
+
+    Returns:
+      The positions `shard_index, shard_index + shard_count, ...` below
+      `(N // shard_count) * shard_count` (the last `N mod shard_count` are dropped).
+
+    Raises:
+      ValueError: when `shard_index` is out of range.
+
     Example:
       >>> print(list(shard_indices(10, 1, 3)))
       [1, 4, 7]

@@ -176,13 +176,26 @@ class ReadReport:
         return sum(self.skipped.values())
 
     def add_skip(self, error: DataError) -> None:
-        """Counts a skipped record; keeps the error if fewer than `max_examples` of its reason."""
+        """Counts a skipped record; keeps the error if fewer than `max_examples` of its reason.
+
+        Args:
+          error: the record's error (its `reason` is the count's key).
+        """
         self.skipped[error.reason] += 1
         if self.skipped[error.reason] <= self.max_examples:
             self.examples.append(error)
 
     def handle(self, error: DataError, on_error: OnError) -> None:
-        """Applies the bad-input policy: raises `error` or counts it as a skip."""
+        """Applies the bad-input policy: raises `error` or counts it as a skip.
+
+        Args:
+          error: the bad record's error, with its path and line.
+          on_error: `"raise"` raises `error`; `"skip"` counts it (`add_skip`).
+
+        Raises:
+          DataError: `error` itself, under `"raise"`.
+          ValueError: for an unknown `on_error`.
+        """
         if on_error == "raise":
             raise error
         if on_error != "skip":
@@ -190,7 +203,15 @@ class ReadReport:
         self.add_skip(error)
 
     def merge(self, other: ReadReport) -> ReadReport:
-        """Adds the counts and examples of `other` into this report (in place) and returns it."""
+        """Adds the counts and examples of `other` into this report (in place) and returns it.
+
+        Args:
+          other: another report (e.g. of another file or process).
+
+        Returns:
+          This report, with the counts summed and `other`'s examples added up to
+          `max_examples` per reason.
+        """
         self.num_records += other.num_records
         self.num_blank += other.num_blank
         self.num_truncated += other.num_truncated
@@ -220,7 +241,11 @@ class ReadReport:
         return out
 
     def summary(self) -> str:
-        """One line: records kept, skips by reason and the first error."""
+        """One line: records kept, skips by reason, the first error, truncations, blank lines.
+
+        Returns:
+          E.g. `"kept 4 records, skipped 1 (empty_completion: 1); first: d.jsonl:7: ..."`.
+        """
         text = f"kept {self.num_records} records, skipped {self.num_skipped}"
         if self.skipped:
             reasons = ", ".join(f"{r}: {n}" for r, n in sorted(self.skipped.items()))
@@ -232,7 +257,12 @@ class ReadReport:
         return text
 
     def to_dict(self) -> dict:
-        """JSON-serialisable form (stored in dataset metadata)."""
+        """JSON-serialisable form (stored in dataset metadata).
+
+        Returns:
+          `{"num_records", "num_blank", "num_truncated", "skipped": {reason: count},
+          "examples": [{"reason", "detail", "path", "line"}, ...]}`.
+        """
         return {
             "num_records": self.num_records,
             "num_blank": self.num_blank,
@@ -246,7 +276,14 @@ class ReadReport:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> ReadReport:
-        """Inverse of `to_dict`."""
+        """Inverse of `to_dict` (older dicts without `num_blank` / `num_truncated` give 0).
+
+        Args:
+          d: a dict from `to_dict` (e.g. read back from JSON).
+
+        Returns:
+          The report.
+        """
         return cls(
             num_records=int(d["num_records"]),
             skipped=Counter({k: int(v) for k, v in d["skipped"].items()}),
@@ -285,6 +322,12 @@ class Message:
 
 def is_conversation(text) -> bool:
     """True for a conversation (a tuple of `Message`), False for a plain string.
+
+    Args:
+      text: a record's text field (a string or a tuple of `Message`).
+
+    Returns:
+      Whether `text` is a conversation.
 
     Example:
       >>> print(is_conversation("hi"), is_conversation((Message("user", "hi"),)))
@@ -503,7 +546,11 @@ class RankedExample:
             raise e.located(self.path, self.line) from None
 
     def ranking(self) -> tuple[int, ...]:
-        """Indices of the completions from best to worst (stable for ties)."""
+        """Indices of the completions from best to worst (stable for ties).
+
+        Returns:
+          `K` indices into `completions`, highest score first.
+        """
         return tuple(int(i) for i in np.argsort(-np.asarray(self.scores), kind="stable"))
 
 
