@@ -3,12 +3,15 @@
 * Records (`PreferencePair`, `UnpairedExample`, `RankedExample`, `SegmentPreference`) are frozen,
   self-validating values; bad input raises `DataError` with the file path and line, or under
   `on_error="skip"` is counted by reason in a `ReadReport`.
-* Readers for JSONL / Parquet in the layouts in use: explicit `prompt`/`chosen`/`rejected`
-  (strings or `{role, content}` message lists), HH-RLHF full texts (`split_hh`), implicit-prompt
-  conversations (`extract_prompt`); configurable field names (`FieldMap`).
-* Tokenization (`HFTokenizer` for a `tokenizer.json`, `SentencePieceTokenizer`), a minimal
-  `ChatTemplate`, truncation, and fixed-shape `[2B, T]` batches (chosen rows, then rejected rows)
-  padded to length buckets (`collate_pairs`); packing of several pairs per row (`pack_pairs`).
+* Readers for JSONL (plain, or gzip / bzip2 / xz compressed, read as it streams) and Parquet in
+  the layouts in use: explicit `prompt`/`chosen`/`rejected` (strings or `{role, content}`
+  message lists), HH-RLHF full texts (`split_hh`), implicit-prompt conversations
+  (`extract_prompt`); configurable field names (`FieldMap`).
+* Tokenization (`HFTokenizer` for a `tokenizer.json`, whose stored truncation and padding are
+  ignored; `SentencePieceTokenizer`), a minimal `ChatTemplate`, truncation set by
+  `TokenizeConfig` alone (flagged per record, counted in `ReadReport.num_truncated`), and
+  fixed-shape `[2B, T]` batches (chosen rows, then rejected rows) padded to length buckets
+  (`collate_pairs`); packing of several pairs per row (`pack_pairs`).
 * Storage: a tfds builder writing `array_record` without TensorFlow (`build_preference_dataset`,
   read back by `PreferenceSource` through `tfds.data_source`), a grain pipeline with seeded
   shuffling, per-process sharding and checkpointable iterator state (`preference_pipeline`), and

@@ -76,6 +76,14 @@ def _text_from_json(s: str):
 def encode_example(pair: PreferencePair) -> dict:
     """The stored feature dict of a pair (JSON texts, NaN for missing scores).
 
+    Args:
+      pair: the record.
+
+    Returns:
+      `{"prompt", "chosen", "rejected", "metadata"}` JSON strings, `"chosen_score"`,
+      `"rejected_score"` floats (NaN when absent), `"source"` path (`""` when unknown) and
+      `"line"` (-1 when unknown).
+
     Example:
       >>> e = encode_example(PreferencePair("Q", " a", " b", chosen_score=2.0))
       >>> print(e["prompt"], e["chosen_score"], e["rejected_score"])
@@ -100,6 +108,12 @@ def _str(x) -> str:
 
 def decode_example(example: Mapping) -> PreferencePair:
     """Inverse of `encode_example` (accepts the bytes tfds returns for text features).
+
+    Args:
+      example: a feature dict from `encode_example` or read back from the dataset.
+
+    Returns:
+      The `PreferencePair`, with its source `path` and `line`.
 
     Example:
       >>> p = PreferencePair("Q", " a", " b", metadata={"id": 7})
@@ -130,6 +144,11 @@ class PreferenceFiles(tfds.core.GeneratorBasedBuilder):
     Build it through `build_preference_dataset`, or directly:
     `PreferenceFiles(config=PreferenceFilesConfig(name=..., splits=...), data_dir=...,
     file_format="array_record").download_and_prepare()`.
+
+    Args:
+      config: a `PreferenceFilesConfig` (files of each split and how to read them).
+      data_dir: tfds data directory.
+      file_format: tfds storage format; `"array_record"` for `PreferenceSource`.
     """
 
     VERSION = tfds.core.Version("1.0.0")
@@ -261,6 +280,12 @@ def build_preference_dataset(
 def load_read_reports(dataset_dir) -> dict[str, ReadReport]:
     """The per-split `ReadReport`s stored when the dataset was built.
 
+    Args:
+      dataset_dir: directory returned by `build_preference_dataset`.
+
+    Returns:
+      Split name -> `ReadReport` (records kept, skips by reason, first errors).
+
     Example:
       >>> import json, os, tempfile
       >>> d = tempfile.mkdtemp(); f = os.path.join(d, "p.jsonl")
@@ -319,7 +344,11 @@ class PreferenceSource(Sequence):
         return [decode_example(e) for e in self.source.__getitems__([int(i) for i in indices])]
 
     def files(self) -> list[str]:
-        """The array_record files of this split (for `dataset_fingerprint`)."""
+        """The array_record files of this split (for `dataset_fingerprint`).
+
+        Returns:
+          Sorted paths of the split's shards.
+        """
         prefix = f"-{self.split}.array_record-"
         return sorted(
             os.path.join(self.dataset_dir, f) for f in os.listdir(self.dataset_dir) if prefix in f

@@ -42,6 +42,9 @@ _VERSION = 1
 class FingerprintMismatchError(ValueError):
     """A cache exists but was computed for another dataset or another model.
 
+    Raised by `RefLogprobCache.open`; the message names the expected and the stored
+    fingerprints.
+
     Example:
       >>> print(issubclass(FingerprintMismatchError, ValueError))
       True
@@ -75,6 +78,13 @@ def _update(h, part) -> None:
 
 def fingerprint(*parts: Any) -> str:
     """SHA-256 hex digest of a sequence of strings, bytes, numpy arrays, dicts, lists, reprs.
+
+    Args:
+      *parts: values to hash, in order: strings, bytes, numpy arrays (dtype, shape and values),
+        dicts (by sorted key), lists / tuples (recursively); anything else by its `repr`.
+
+    Returns:
+      Hex digest.
 
     Example:
       >>> print(fingerprint("a", 1) == fingerprint("a", 1), fingerprint("a") == fingerprint("b"))
@@ -180,7 +190,17 @@ class RefLogprobCache:
         dataset_fingerprint: str,
         model_fingerprint: str,
     ) -> RefLogprobCache:
-        """A new, empty cache for `num_records` pairs (overwrites one for the same model)."""
+        """A new, empty cache for `num_records` pairs (overwrites one for the same model).
+
+        Args:
+          dataset_dir: the dataset's directory (the cache goes in `ref_logps/` under it).
+          num_records: dataset size `N`.
+          dataset_fingerprint: see `dataset_fingerprint`.
+          model_fingerprint: see `model_fingerprint`.
+
+        Returns:
+          A cache with `[N, 2]` NaN values, not yet written to disk (`write`, then `flush`).
+        """
         directory = _cache_dir(dataset_dir, model_fingerprint)
         os.makedirs(directory, exist_ok=True)
         values = np.full((int(num_records), 2), np.nan, np.float32)
@@ -191,6 +211,14 @@ class RefLogprobCache:
         cls, dataset_dir, *, dataset_fingerprint: str, model_fingerprint: str
     ) -> RefLogprobCache:
         """Opens the cache of `dataset_dir` for this dataset and model.
+
+        Args:
+          dataset_dir: the dataset's directory.
+          dataset_fingerprint: the expected `dataset_fingerprint`.
+          model_fingerprint: the expected `model_fingerprint` of the reference parameters.
+
+        Returns:
+          The cache, with every one of its `[N, 2]` values filled.
 
         Raises:
           FingerprintMismatchError: a cache exists but for another dataset or model.
@@ -278,6 +306,12 @@ class RefLogprobCache:
 
     def lookup(self, index) -> tuple[np.ndarray, np.ndarray]:
         """`(chosen [B], rejected [B])` float32 for record indices; 0 for fillers (index < 0).
+
+        Args:
+          index: `[B]` record indices (a batch's `index`; -1 for filler pairs).
+
+        Returns:
+          `(chosen, rejected)`, each `[B]` float32 reference sequence log-probs.
 
         Raises:
           ValueError: an index out of range or never written.

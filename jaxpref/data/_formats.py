@@ -12,6 +12,14 @@
 Field names are configurable (`FieldMap`). Every row becomes a validated `PreferencePair`
 (`UnpairedExample`, `RankedExample` for the other readers) that remembers its path and line.
 
+JSONL files may be gzip, bzip2 or xz compressed (HH-RLHF ships as `train.jsonl.gz`): the
+compression is recognised by its magic bytes (a `.gz`/`.bz2`/`.xz` suffix on data that lacks
+them is an error), the format by the suffix under it (`train.jsonl.gz` is JSONL), and the file is
+decompressed as it streams; line numbers are those of the decompressed text. A file that is not
+text (a zip or tar archive, zstd data, a Parquet file under a JSONL name, UTF-16 or other
+non-UTF-8 text, random bytes) raises one `DataError` (`malformed_file`) naming the path and what
+was seen, under either `on_error` policy.
+
 How a pair is split, and what counts as bad input:
 
 * The prompt ends at the last `"\\n\\nAssistant:"` marker that lies inside the longest common
@@ -31,6 +39,7 @@ How a pair is split, and what counts as bad input:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -44,6 +53,7 @@ from jaxpref.data._records import (
     RankedExample,
     ReadReport,
     UnpairedExample,
+    _brief,
 )
 
 __all__ = [
@@ -105,6 +115,12 @@ class FieldMap:
 class UnpairedFields:
     """Field names of an unpaired (KTO-style) row: prompt, completion and a boolean label.
 
+    Attributes:
+      prompt: prompt field (a string or a list of messages).
+      completion: completion field.
+      label: desirability field: a boolean, or 0 / 1.
+      metadata: fields copied into `UnpairedExample.metadata`; None copies every other field.
+
     Example:
       >>> print(UnpairedFields().label)
       label
@@ -119,6 +135,12 @@ class UnpairedFields:
 @dataclasses.dataclass(frozen=True)
 class RankedFields:
     """Field names of a ranked row: prompt, a list of completions and one score per completion.
+
+    Attributes:
+      prompt: prompt field.
+      completions: field holding a list of at least two completions.
+      scores: field holding a list of numbers, one per completion (higher is better).
+      metadata: fields copied into `RankedExample.metadata`; None copies every other field.
 
     Example:
       >>> print(RankedFields().scores)
@@ -284,6 +306,19 @@ def hh_to_messages(text: str) -> tuple[Message, ...]:
 # Row iteration.
 
 
+_COMPRESSION_SUFFIXES = {".gz": "gzip", ".gzip": "gzip", ".bz2": "bz2", ".xz": "xz"}
+_SNIFF_BYTES = 4096
+_CHUNK_BYTES = 1 << 20
+
+
+def _strip_compression(name: str) -> tuple[str, str | None]:
+    """`(name without a compression suffix, compression named by the suffix or None)`."""
+    for suffix, kind in _COMPRESSION_SUFFIXES.items():
+        if name.endswith(suffix):
+            return name[: -len(suffix)], kind
+    return name, None
+
+
 def _format_of(path, file_format: str) -> str:
     if file_format != "auto":
         if file_format not in ("jsonl", "parquet"):
@@ -291,45 +326,190 @@ def _format_of(path, file_format: str) -> str:
                 f"file_format must be 'auto', 'jsonl' or 'parquet', got {file_format!r}."
             )
         return file_format
-    name = os.fspath(path).lower()
+    name, compression = _strip_compression(os.fspath(path).lower())
     if name.endswith((".parquet", ".pq")):
+        if compression is not None:
+            raise ValueError(
+                f"{os.fspath(path)!r} is a {compression}-compressed Parquet file; Parquet "
+                "compresses its own columns, so decompress the file first."
+            )
         return "parquet"
     if name.endswith((".jsonl", ".json", ".ndjson")):
         return "jsonl"
     raise ValueError(
         f"cannot infer the format of {os.fspath(path)!r} from its suffix "
-        "(.jsonl/.json/.ndjson or .parquet); pass file_format='jsonl' or 'parquet'."
+        "(.jsonl/.json/.ndjson, optionally followed by .gz/.bz2/.xz, or .parquet); "
+        "pass file_format='jsonl' or 'parquet'."
     )
 
 
-def _iter_jsonl(path: str, report: ReadReport) -> Iterator[tuple[int, Any]]:
+def _compression_of(head: bytes) -> str | None:
+    """The compression whose magic bytes start `head`: `"gzip"`, `"bz2"`, `"xz"` or None."""
+    if head.startswith(b"\x1f\x8b\x08"):
+        return "gzip"
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return "xz"
+    if (
+        head.startswith(b"BZh")
+        and head[3:4] in tuple(b"123456789"[i : i + 1] for i in range(9))
+        and head[4:10] in (b"1AY&SY", b"\x17rE8P\x90")
+    ):
+        return "bz2"
+    return None
+
+
+_FOREIGN_MAGIC = (
+    (b"PK\x03\x04", "a zip archive", "; unpack it first"),
+    (b"PK\x05\x06", "a zip archive", "; unpack it first"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7z archive", "; unpack it first"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed data", "; decompress it, or recompress with gzip"),
+    (b"\x04\x22\x4d\x18", "lz4-compressed data", "; decompress it, or recompress with gzip"),
+    (b"PAR1", "a Parquet file", "; name it .parquet or pass file_format='parquet'"),
+    (b"\xff\xfe", "UTF-16 text", "; convert it to UTF-8"),
+    (b"\xfe\xff", "UTF-16 text", "; convert it to UTF-8"),
+)
+
+
+def _first_bytes(head: bytes) -> str:
+    return "first bytes " + head[:8].hex(" ")
+
+
+def _not_text(head: bytes) -> str | None:
+    """Why the (decompressed) start of a file is not JSON Lines text, or None if it may be.
+
+    The file is rejected as a whole when it starts with a known binary signature, holds a NUL
+    byte in its first 4 KiB (JSON text never does), or its first non-blank line is not UTF-8.
+    Later undecodable lines are bad records, counted one by one.
+    """
+    for magic, what, hint in _FOREIGN_MAGIC:
+        if head.startswith(magic):
+            return f"{what}, not JSON Lines text ({_first_bytes(head)}){hint}"
+    if head[257:262] == b"ustar":
+        return f"a tar archive, not JSON Lines text ({_first_bytes(head)}); unpack it first"
+    nul = head.find(b"\x00")
+    if nul >= 0:
+        return f"binary data, not JSON Lines text (NUL byte at offset {nul}; {_first_bytes(head)})"
+    lines = head.removeprefix(b"\xef\xbb\xbf").split(b"\n")
+    k = next((i for i, ln in enumerate(lines) if ln.strip()), None)
+    if k is None:
+        return None
+    try:
+        lines[k].decode("utf-8")
+    except UnicodeDecodeError as e:
+        cut_by_sniff = k == len(lines) - 1 and len(head) == _SNIFF_BYTES
+        if not (cut_by_sniff and e.end == len(lines[k])):
+            return (
+                f"not UTF-8 text ({e.reason} at byte {e.start} of line {k + 1}; "
+                f"{_first_bytes(head)})"
+            )
+    return None
+
+
+def _open_decompressed(path: str, compression: str | None):
+    if compression == "gzip":
+        import gzip
+
+        return gzip.open(path, "rb")
+    if compression == "bz2":
+        import bz2
+
+        return bz2.open(path, "rb")
+    if compression == "xz":
+        import lzma
+
+        return lzma.open(path, "rb")
+    return open(path, "rb")
+
+
+def _decompression_errors() -> tuple:
+    import lzma
+    import zlib
+
+    return (OSError, EOFError, zlib.error, lzma.LZMAError)
+
+
+def _split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Splits a stream of byte chunks at `\\n` (lines without it), holding one line at a time."""
+    carry: list[bytes] = []
+    for chunk in chunks:
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            carry.append(chunk[start:end])
+            yield b"".join(carry)
+            carry, start = [], end + 1
+        if start < len(chunk):
+            carry.append(chunk[start:])
+    if carry:
+        yield b"".join(carry)
+
+
+def _iter_lines(path: str) -> Iterator[tuple[int, bytes]]:
+    """Streams the numbered lines of a text file, gzip/bz2/xz-compressed or not.
+
+    The compression is recognised from the magic bytes (a `.gz`/`.bz2`/`.xz` suffix on data
+    without them is an error); the file is decompressed as it is read, never whole in memory.
+    Line numbers count lines of the decompressed text. A file that is not text raises one
+    `DataError` (`malformed_file`) whatever the `on_error` policy.
+    """
     with open(path, "rb") as f:
-        for line, raw in enumerate(f, start=1):
-            if line == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            if not raw.strip():
-                report.num_blank += 1
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield line, DataError("malformed_json", f"not UTF-8 ({e.reason} at byte {e.start})")
-                continue
-            try:
-                obj = json.loads(text)
-            except (ValueError, RecursionError) as e:
-                msg = str(e) if isinstance(e, ValueError) else "nesting too deep"
-                yield line, DataError("malformed_json", f"invalid JSON: {msg}")
-                continue
-            if not isinstance(obj, dict):
-                yield (
-                    line,
-                    DataError(
-                        "malformed_json", f"expected a JSON object, got {type(obj).__name__}"
-                    ),
-                )
-                continue
-            yield line, obj
+        raw_head = f.read(16)
+    compression = _compression_of(raw_head)
+    claimed = _strip_compression(path.lower())[1]
+    if raw_head and claimed is not None and compression != claimed:
+        seen = f"{compression} data" if compression else _first_bytes(raw_head)
+        raise DataError(
+            "malformed_file",
+            f"the suffix says {claimed} but the file is not {claimed}-compressed ({seen})",
+            path=path,
+        )
+    what = f"{compression} data holding " if compression else ""
+    errors = _decompression_errors()
+    line = 0
+    try:
+        with _open_decompressed(path, compression) as f:
+            head = f.read(_SNIFF_BYTES)
+            why = _not_text(head)
+            if why is not None:
+                raise DataError("malformed_file", what + why, path=path)
+            chunks = itertools.chain([head], iter(lambda: f.read(_CHUNK_BYTES), b""))
+            for line, raw in enumerate(_split_lines(chunks), start=1):
+                yield line, raw
+    except errors as e:
+        if compression is None:
+            raise
+        raise DataError(
+            "malformed_file",
+            f"corrupt {compression} data after {line} lines ({type(e).__name__}: {e})",
+            path=path,
+            line=line + 1,
+        ) from None
+
+
+def _iter_jsonl(path: str, report: ReadReport) -> Iterator[tuple[int, Any]]:
+    for line, raw in _iter_lines(path):
+        if line == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        if not raw.strip():
+            report.num_blank += 1
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield line, DataError("malformed_json", f"not UTF-8 ({e.reason} at byte {e.start})")
+            continue
+        try:
+            obj = json.loads(text)
+        except (ValueError, RecursionError) as e:
+            msg = str(e) if isinstance(e, ValueError) else "nesting too deep"
+            yield line, DataError("malformed_json", f"invalid JSON: {msg}")
+            continue
+        if not isinstance(obj, dict):
+            yield (
+                line,
+                DataError("malformed_json", f"expected a JSON object, got {type(obj).__name__}"),
+            )
+            continue
+        yield line, obj
 
 
 def _iter_parquet(path: str) -> Iterator[tuple[int, Any]]:
@@ -359,7 +539,9 @@ def _get(row: dict, name: str, *, required: bool = True):
     value = row.get(name, _MISSING)
     if value is _MISSING or value is None:
         if required:
-            present = ", ".join(repr(k) for k in list(row)[:8])
+            if value is None:
+                raise DataError("missing_field", f"field {name!r} is null")
+            present = ", ".join(_brief(k, 20) for k in list(row)[:8])
             raise DataError("missing_field", f"no field {name!r} (fields: {present})")
         return None
     return value
@@ -419,6 +601,11 @@ def _pair_from_row(row: dict, fields: FieldMap, multi_turn: MultiTurn) -> Prefer
             _check_turns(chosen, rejected, multi_turn)
     elif isinstance(chosen, str) and isinstance(rejected, str):
         if HH_ASSISTANT not in chosen and HH_ASSISTANT not in rejected:
+            if HH_HUMAN in chosen or HH_HUMAN in rejected:
+                raise DataError(
+                    "no_prompt_split",
+                    f"HH texts without an {HH_ASSISTANT!r} marker in chosen or rejected",
+                )
             raise DataError(
                 "missing_field",
                 f"no field {fields.prompt!r}, and chosen/rejected are not HH texts with "
@@ -456,7 +643,7 @@ def _unpaired_from_row(row: dict, fields: UnpairedFields, multi_turn: MultiTurn)
     if isinstance(label, int) and not isinstance(label, bool) and label in (0, 1):
         label = bool(label)
     if not isinstance(label, bool):
-        raise DataError("bad_field", f"{fields.label} must be a boolean, got {label!r}")
+        raise DataError("bad_field", f"{fields.label} must be a boolean, got {_brief(label)}")
     if isinstance(completion, tuple) and len(completion) > 1 and multi_turn != "keep":
         _check_turns(completion, completion, multi_turn)
     used = {fields.prompt, fields.completion, fields.label}
@@ -490,12 +677,15 @@ def _iter_records(path, parse: Callable, *, file_format, on_error, multi_turn, r
 
 def _records(path, rows, parse, on_error, report) -> Iterator:
     for line, row in rows:
-        try:
-            if isinstance(row, DataError):
-                raise row
-            record = parse(row)
-        except DataError as e:
-            report.handle(e.located(path, line), on_error)
+        error = row if isinstance(row, DataError) else None
+        if error is None:
+            try:
+                record = parse(row)
+            except DataError as e:
+                error = e
+        if error is not None:
+            # Raised outside the `except` block: one exception, no chained context.
+            report.handle(error.located(path, line), on_error)
             continue
         report.num_records += 1
         yield dataclasses.replace(record, path=path, line=line)
@@ -513,15 +703,25 @@ def iter_preferences(
     """Streams `PreferencePair`s from a JSONL or Parquet file (see the module docstring).
 
     Args:
-      path: file path (`.jsonl`/`.json`/`.ndjson` or `.parquet`, or give `file_format`).
+      path: file path: `.jsonl`/`.json`/`.ndjson`, optionally gzip/bzip2/xz compressed
+        (`.gz`/`.bz2`/`.xz`, or recognised by magic bytes), or `.parquet`; for other names give
+        `file_format`.
       fields: field names.
-      file_format: `"auto"` (from the suffix), `"jsonl"` or `"parquet"`.
+      file_format: `"auto"` (from the suffix under any compression suffix), `"jsonl"` or
+        `"parquet"`.
       multi_turn: `"error"` or `"keep"` for completions spanning several turns.
       on_error: `"raise"` at the first bad record or `"skip"` and count it.
       report: a `ReadReport` to fill (counts kept, skipped by reason, blank lines).
 
     Returns:
       Iterator of validated pairs carrying `path` and `line`.
+
+    Raises:
+      DataError: at the first bad record under `on_error="raise"` (one line:
+        `path:line: reason: detail`); for a file that cannot be read as a whole (not text,
+        corrupt compressed data, unreadable Parquet: `malformed_file`) under either policy.
+      ValueError: for an unknown `file_format`, `multi_turn` or `on_error`, or a name whose
+        format cannot be inferred.
 
     Example:
       >>> import json, os, tempfile
@@ -548,7 +748,18 @@ def iter_preferences(
 def read_preferences(path, **kwargs) -> tuple[list[PreferencePair], ReadReport]:
     """Reads a whole file of preference pairs: `(pairs, report)`.
 
-    Takes the keyword arguments of `iter_preferences` (except `report`).
+    Args:
+      path: file path (JSONL, possibly gzip/bzip2/xz compressed, or Parquet; see
+        `iter_preferences`).
+      **kwargs: keyword arguments of `iter_preferences` (`fields`, `file_format`,
+        `multi_turn`, `on_error`), except `report`.
+
+    Returns:
+      `(pairs, report)`: the list of validated `PreferencePair`s, each with its `path` and
+      `line`, and the `ReadReport` of the read (kept, skipped by reason, blank lines).
+
+    Raises:
+      DataError: see `iter_preferences`.
 
     Example:
       >>> import json, os, tempfile
@@ -609,6 +820,13 @@ def iter_unpaired(
 def read_unpaired(path, **kwargs) -> tuple[list[UnpairedExample], ReadReport]:
     """Reads a whole file of unpaired examples: `(examples, report)` (see `iter_unpaired`).
 
+    Args:
+      path: file path (JSONL, possibly compressed, or Parquet).
+      **kwargs: keyword arguments of `iter_unpaired`, except `report`.
+
+    Returns:
+      `(examples, report)`: the list of `UnpairedExample`s and the `ReadReport`.
+
     Example:
       >>> import json, os, tempfile
       >>> f = os.path.join(tempfile.mkdtemp(), "u.jsonl")
@@ -665,6 +883,13 @@ def iter_ranked(
 
 def read_ranked(path, **kwargs) -> tuple[list[RankedExample], ReadReport]:
     """Reads a whole file of ranked examples: `(examples, report)` (see `iter_ranked`).
+
+    Args:
+      path: file path (JSONL, possibly compressed, or Parquet).
+      **kwargs: keyword arguments of `iter_ranked`, except `report`.
+
+    Returns:
+      `(examples, report)`: the list of `RankedExample`s and the `ReadReport`.
 
     Example:
       >>> import json, os, tempfile

@@ -11,7 +11,8 @@
    in each epoch the shards are disjoint and cover the dataset (the last `N mod shard_count`
    elements of an epoch's permutation are dropped so all processes run the same number of steps);
 4. records are tokenized; a bad record raises `DataError` or, with `on_error="skip"`, becomes a
-   filler pair (`pair_mask` 0) and is counted in the `report` passed in;
+   filler pair (`pair_mask` 0) and is counted in the `report` passed in, as is every record
+   that truncation cut (`report.num_truncated`);
 5. `batch_size` consecutive records make one batch (`drop_remainder`, so every batch has the same
    number of pairs; batches may straddle epochs).
 
@@ -72,6 +73,18 @@ class _Skipped(NamedTuple):
 def shard_indices(num_records: int, shard_index: int, shard_count: int) -> range:
     """Positions of one shard in an epoch's permutation (equal sizes, disjoint, covering).
 
+    Args:
+      num_records: records per epoch `N`.
+      shard_index: this shard, in `[0, shard_count)`.
+      shard_count: number of shards (processes).
+
+    Returns:
+      The positions `shard_index, shard_index + shard_count, ...` below
+      `(N // shard_count) * shard_count` (the last `N mod shard_count` are dropped).
+
+    Raises:
+      ValueError: when `shard_index` is out of range.
+
     Example:
       >>> print(list(shard_indices(10, 1, 3)))
       [1, 4, 7]
@@ -97,6 +110,7 @@ def _tokenize(item, *, tokenizer, config, on_error, report):
         return _Skipped(e)
     with _REPORT_LOCK:
         report.num_records += 1
+        report.num_truncated += int(out.truncated)
     return out
 
 
@@ -142,8 +156,9 @@ def preference_pipeline(
       shard_count: number of shards; None uses `jax.process_count()`.
       on_error: `"raise"` or `"skip"` for records that fail tokenization (`too_long`, ...).
       packing: pack pairs into rows (`PackingConfig`) instead of `[2B, T]` batches.
-      report: a `ReadReport` counting, in this process, the records tokenized and skipped
-        (including records tokenized ahead of consumption by grain's prefetching).
+      report: a `ReadReport` counting, in this process, the records tokenized, truncated
+        (`num_truncated`) and skipped (including records tokenized ahead of consumption by
+        grain's prefetching).
 
     Returns:
       `grain.MapDataset` of `PairBatch` (or `PackedPairBatch`) of numpy arrays.

@@ -51,13 +51,28 @@ REASONS = (
 
 
 class DataError(ValueError):
-    """A bad record: `path:line: reason: message`.
+    """A bad record (or unreadable file), in one short line: `path:line: reason: detail`.
+
+    Readers raise it at the first bad record under `on_error="raise"`, so a command line can
+    catch it and suggest skipping such records. `reason` is a stable category, usable as a
+    table key; the message is at most one line, with long values cut.
+
+    Args:
+      reason: one of `REASONS`.
+      detail: what is wrong; line breaks are replaced by spaces and text past 300 characters
+        is cut.
+      path: file the record came from (None for in-memory records).
+      line: 1-based line (JSONL, counted in the decompressed text) or row (Parquet) number;
+        None when unknown or when the whole file is bad.
 
     Attributes:
       reason: one of `REASONS`.
-      detail: human-readable description of what is wrong.
+      detail: human-readable description of what is wrong (one line).
       path: file the record came from (None for in-memory records).
       line: 1-based line (JSONL) or row (Parquet) number, None when unknown.
+
+    Raises:
+      ValueError: when `reason` is not one of `REASONS`.
 
     Example:
       >>> err = DataError("missing_field", "no field 'chosen'", path="a.jsonl", line=3)
@@ -71,13 +86,21 @@ class DataError(ValueError):
         if reason not in REASONS:
             raise ValueError(f"DataError: unknown reason {reason!r}; expected one of {REASONS}.")
         self.reason = reason
-        self.detail = detail
+        self.detail = _one_line(detail)
         self.path = path
         self.line = line
         super().__init__(str(self))
 
     def located(self, path: str | None, line: int | None) -> DataError:
-        """Returns a copy of this error at `path:line` (keeps an existing location)."""
+        """Returns a copy of this error at `path:line` (keeps an existing location).
+
+        Args:
+          path: file of the record, used when the error has none.
+          line: 1-based line or row, used when the error has none.
+
+        Returns:
+          A new `DataError` with the same reason and detail.
+        """
         return DataError(
             self.reason,
             self.detail,
@@ -95,6 +118,20 @@ class DataError(ValueError):
         return (_rebuild_error, (self.reason, self.detail, self.path, self.line))
 
 
+_MAX_DETAIL = 300
+
+
+def _one_line(text) -> str:
+    text = " ".join(str(text).splitlines())
+    return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 3] + "..."
+
+
+def _brief(value, limit: int = 40) -> str:
+    """`repr(value)`, cut to `limit` characters (error messages stay one short line)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _rebuild_error(reason, detail, path, line):
     return DataError(reason, detail, path=path, line=line)
 
@@ -103,12 +140,17 @@ def _rebuild_error(reason, detail, path, line):
 class ReadReport:
     """What a reader (or tokenizer) kept and what it skipped, by reason.
 
+    Skip reasons are the short, stable category strings of `REASONS` (usable as table keys);
+    the full messages, with path and line, are in `examples`.
+
     Attributes:
       num_records: records kept.
       skipped: `Counter` of skipped records by `DataError.reason`.
       num_blank: blank lines ignored (not errors).
       examples: the first `max_examples` errors of each reason, with path and line.
       max_examples: how many errors to keep per reason.
+      num_truncated: records kept whose tokens were cut to fit `TokenizeConfig` lengths
+        (tokenization only; each has `truncated=True`).
 
     Example:
       >>> r = ReadReport()
@@ -126,6 +168,7 @@ class ReadReport:
     num_blank: int = 0
     examples: list = dataclasses.field(default_factory=list)
     max_examples: int = 5
+    num_truncated: int = 0
 
     @property
     def num_skipped(self) -> int:
@@ -133,13 +176,26 @@ class ReadReport:
         return sum(self.skipped.values())
 
     def add_skip(self, error: DataError) -> None:
-        """Counts a skipped record; keeps the error if fewer than `max_examples` of its reason."""
+        """Counts a skipped record; keeps the error if fewer than `max_examples` of its reason.
+
+        Args:
+          error: the record's error (its `reason` is the count's key).
+        """
         self.skipped[error.reason] += 1
         if self.skipped[error.reason] <= self.max_examples:
             self.examples.append(error)
 
     def handle(self, error: DataError, on_error: OnError) -> None:
-        """Applies the bad-input policy: raises `error` or counts it as a skip."""
+        """Applies the bad-input policy: raises `error` or counts it as a skip.
+
+        Args:
+          error: the bad record's error, with its path and line.
+          on_error: `"raise"` raises `error`; `"skip"` counts it (`add_skip`).
+
+        Raises:
+          DataError: `error` itself, under `"raise"`.
+          ValueError: for an unknown `on_error`.
+        """
         if on_error == "raise":
             raise error
         if on_error != "skip":
@@ -147,30 +203,70 @@ class ReadReport:
         self.add_skip(error)
 
     def merge(self, other: ReadReport) -> ReadReport:
-        """Adds the counts and examples of `other` into this report (in place) and returns it."""
+        """Adds the counts and examples of `other` into this report (in place) and returns it.
+
+        Args:
+          other: another report (e.g. of another file or process).
+
+        Returns:
+          This report, with the counts summed and `other`'s examples added up to
+          `max_examples` per reason.
+        """
         self.num_records += other.num_records
         self.num_blank += other.num_blank
+        self.num_truncated += other.num_truncated
         for err in other.examples:
             if sum(e.reason == err.reason for e in self.examples) < self.max_examples:
                 self.examples.append(err)
         self.skipped.update(other.skipped)
         return self
 
+    def locations(self) -> dict[str, list[str]]:
+        """The kept example locations of each skip reason, as `"path:line"` strings.
+
+        Returns:
+          `{reason: ["path:line", ...]}` with at most `max_examples` entries per reason, in
+          the order they were met (`"<memory>"` for records without a path).
+
+        Example:
+          >>> r = ReadReport()
+          >>> r.add_skip(DataError("missing_field", "no field 'chosen'", path="d.jsonl", line=3))
+          >>> print(r.locations())
+          {'missing_field': ['d.jsonl:3']}
+        """
+        out: dict[str, list[str]] = {}
+        for e in self.examples:
+            where = "<memory>" if e.path is None else str(e.path)
+            out.setdefault(e.reason, []).append(where if e.line is None else f"{where}:{e.line}")
+        return out
+
     def summary(self) -> str:
-        """One line: records kept, skips by reason and the first error."""
+        """One line: records kept, skips by reason, the first error, truncations, blank lines.
+
+        Returns:
+          E.g. `"kept 4 records, skipped 1 (empty_completion: 1); first: d.jsonl:7: ..."`.
+        """
         text = f"kept {self.num_records} records, skipped {self.num_skipped}"
         if self.skipped:
             reasons = ", ".join(f"{r}: {n}" for r, n in sorted(self.skipped.items()))
             text += f" ({reasons}); first: {self.examples[0]}"
+        if self.num_truncated:
+            text += f"; {self.num_truncated} truncated"
         if self.num_blank:
             text += f"; {self.num_blank} blank lines ignored"
         return text
 
     def to_dict(self) -> dict:
-        """JSON-serialisable form (stored in dataset metadata)."""
+        """JSON-serialisable form (stored in dataset metadata).
+
+        Returns:
+          `{"num_records", "num_blank", "num_truncated", "skipped": {reason: count},
+          "examples": [{"reason", "detail", "path", "line"}, ...]}`.
+        """
         return {
             "num_records": self.num_records,
             "num_blank": self.num_blank,
+            "num_truncated": self.num_truncated,
             "skipped": dict(self.skipped),
             "examples": [
                 {"reason": e.reason, "detail": e.detail, "path": e.path, "line": e.line}
@@ -180,11 +276,19 @@ class ReadReport:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> ReadReport:
-        """Inverse of `to_dict`."""
+        """Inverse of `to_dict` (older dicts without `num_blank` / `num_truncated` give 0).
+
+        Args:
+          d: a dict from `to_dict` (e.g. read back from JSON).
+
+        Returns:
+          The report.
+        """
         return cls(
             num_records=int(d["num_records"]),
             skipped=Counter({k: int(v) for k, v in d["skipped"].items()}),
             num_blank=int(d.get("num_blank", 0)),
+            num_truncated=int(d.get("num_truncated", 0)),
             examples=[
                 DataError(e["reason"], e["detail"], path=e["path"], line=e["line"])
                 for e in d["examples"]
@@ -211,13 +315,19 @@ class Message:
     def __post_init__(self):
         if not isinstance(self.role, str) or not self.role:
             raise DataError(
-                "bad_field", f"message role must be a non-empty string, got {self.role!r}"
+                "bad_field", f"message role must be a non-empty string, got {_brief(self.role)}"
             )
         _check_string("message content", self.content)
 
 
 def is_conversation(text) -> bool:
     """True for a conversation (a tuple of `Message`), False for a plain string.
+
+    Args:
+      text: a record's text field (a string or a tuple of `Message`).
+
+    Returns:
+      Whether `text` is a conversation.
 
     Example:
       >>> print(is_conversation("hi"), is_conversation((Message("user", "hi"),)))
@@ -262,13 +372,14 @@ def _check_score(name: str, score) -> None:
     if score is None:
         return
     if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
-        raise DataError("bad_field", f"{name} must be a finite number or None, got {score!r}")
+        raise DataError("bad_field", f"{name} must be a finite number or None, got {_brief(score)}")
 
 
 def _check_completion_roles(name: str, text) -> None:
     if isinstance(text, tuple) and text[0].role != "assistant":
         raise DataError(
-            "bad_field", f"{name} must start with an assistant message, got role {text[0].role!r}"
+            "bad_field",
+            f"{name} must start with an assistant message, got role {_brief(text[0].role)}",
         )
 
 
@@ -376,7 +487,9 @@ class UnpairedExample:
                 raise DataError("empty_completion", "completion is empty")
             _check_completion_roles("completion", self.completion)
             if not isinstance(self.desirable, bool | np.bool_):
-                raise DataError("bad_field", f"desirable must be a bool, got {self.desirable!r}")
+                raise DataError(
+                    "bad_field", f"desirable must be a bool, got {_brief(self.desirable)}"
+                )
         except DataError as e:
             raise e.located(self.path, self.line) from None
 
@@ -421,7 +534,7 @@ class RankedExample:
                 raise DataError(
                     "bad_field",
                     f"scores must be a tuple with one score per completion "
-                    f"({len(self.completions)}), got {self.scores!r}",
+                    f"({len(self.completions)}), got {_brief(self.scores)}",
                 )
             for i, s in enumerate(self.scores):
                 if s is None:
@@ -433,7 +546,11 @@ class RankedExample:
             raise e.located(self.path, self.line) from None
 
     def ranking(self) -> tuple[int, ...]:
-        """Indices of the completions from best to worst (stable for ties)."""
+        """Indices of the completions from best to worst (stable for ties).
+
+        Returns:
+          `K` indices into `completions`, highest score first.
+        """
         return tuple(int(i) for i in np.argsort(-np.asarray(self.scores), kind="stable"))
 
 

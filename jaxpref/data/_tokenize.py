@@ -72,15 +72,33 @@ class Tokenizer(Protocol):
     eos_id: int | None
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of `text`, without special tokens added."""
+        """Token ids of `text`, without special tokens added.
+
+        Args:
+          text: the text to encode.
+
+        Returns:
+          `[L]` token ids (every token of `text`: no truncation, no padding).
+        """
         ...
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Text of `ids` (special tokens kept)."""
+        """Text of `ids` (special tokens kept).
+
+        Args:
+          ids: `[L]` token ids.
+
+        Returns:
+          The decoded text.
+        """
         ...
 
     def fingerprint(self) -> str:
-        """Stable hash of the vocabulary and special ids (keys caches)."""
+        """Stable hash of the vocabulary and special ids (keys caches).
+
+        Returns:
+          Hex digest.
+        """
         ...
 
 
@@ -100,11 +118,30 @@ def _special_id(lookup, vocab_size: int, name: str, token) -> int | None:
 class HFTokenizer:
     """A Hugging Face `tokenizers` tokenizer loaded from a `tokenizer.json`.
 
+    Truncation and padding stored in the `tokenizer.json` (pipelines often export them, e.g. a
+    `"truncation": {"max_length": 50}` entry) are switched off on load: `TokenizeConfig` is the
+    only length setting, so every cut is made by jaxpref, flagged (`truncated`) and counted. The
+    settings found are kept in `ignored_settings`; a `tokenizers.Tokenizer` passed in is copied,
+    never modified.
+
     Args:
       tokenizer: path to a `tokenizer.json` or a `tokenizers.Tokenizer`.
       bos_token: beginning-of-sequence token (string or id), or None.
       eos_token: end-of-sequence token, or None.
       pad_token: padding token; None uses `eos_token`, else id 0.
+
+    Attributes:
+      path: the `tokenizer.json` path, or None for a tokenizer passed in.
+      tokenizer: the `tokenizers.Tokenizer`, with truncation and padding off.
+      vocab_size: number of token ids (added tokens included).
+      bos_id: beginning-of-sequence id, or None.
+      eos_id: end-of-sequence id, or None.
+      pad_id: padding id.
+      ignored_settings: `{"truncation": ..., "padding": ...}` as stored in the tokenizer, for
+        each of the two that was set (empty when neither was).
+
+    Raises:
+      ValueError: when a special token is not in the vocabulary.
 
     Example:
       >>> from tokenizers import Tokenizer, models, pre_tokenizers
@@ -123,6 +160,13 @@ class HFTokenizer:
             tokenizer = _Raw.from_file(self.path)
         else:
             self.path = None
+        stored = {"truncation": tokenizer.truncation, "padding": tokenizer.padding}
+        self.ignored_settings = {k: dict(v) for k, v in stored.items() if v is not None}
+        if self.ignored_settings:
+            if self.path is None:
+                tokenizer = _Raw.from_str(tokenizer.to_str())  # leave the caller's object as is
+            tokenizer.no_truncation()
+            tokenizer.no_padding()
         self.tokenizer = tokenizer
         self.vocab_size = int(tokenizer.get_vocab_size(with_added_tokens=True))
         lookup = tokenizer.token_to_id
@@ -132,15 +176,33 @@ class HFTokenizer:
         self.pad_id = pad if pad is not None else (self.eos_id if self.eos_id is not None else 0)
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of `text` (no special tokens added)."""
+        """Token ids of `text` (no special tokens added, never truncated or padded).
+
+        Args:
+          text: the text to encode.
+
+        Returns:
+          `[L]` token ids.
+        """
         return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Text of `ids`, special tokens kept."""
+        """Text of `ids`, special tokens kept.
+
+        Args:
+          ids: `[L]` token ids.
+
+        Returns:
+          The decoded text.
+        """
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
 
     def fingerprint(self) -> str:
-        """SHA-256 of the serialised tokenizer and the special ids."""
+        """SHA-256 of the serialised tokenizer (truncation and padding off) and the special ids.
+
+        Returns:
+          Hex digest.
+        """
         h = hashlib.sha256(self.tokenizer.to_str().encode())
         h.update(repr((self.bos_id, self.eos_id, self.pad_id)).encode())
         return h.hexdigest()
@@ -194,15 +256,33 @@ class SentencePieceTokenizer:
             self.pad_id = pad if pad >= 0 else (eos if eos >= 0 else 0)
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of `text` (no bos/eos)."""
+        """Token ids of `text` (no bos/eos).
+
+        Args:
+          text: the text to encode.
+
+        Returns:
+          `[L]` token ids.
+        """
         return [int(i) for i in self.processor.encode(text)]
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Text of `ids`."""
+        """Text of `ids`.
+
+        Args:
+          ids: `[L]` token ids.
+
+        Returns:
+          The decoded text.
+        """
         return self.processor.decode([int(i) for i in ids])
 
     def fingerprint(self) -> str:
-        """SHA-256 of the serialised model and the special ids."""
+        """SHA-256 of the serialised model and the special ids.
+
+        Returns:
+          Hex digest.
+        """
         h = hashlib.sha256(self.processor.serialized_model_proto())
         h.update(repr((self.bos_id, self.eos_id, self.pad_id)).encode())
         return h.hexdigest()
@@ -227,14 +307,30 @@ class ChatTemplate:
     end: str = "<|end|>\n"
 
     def prompt_pieces(self, messages) -> list[tuple[str, str]]:
-        """`(text, role)` pieces of a prompt, ending with the assistant header."""
+        """`(text, role)` pieces of a prompt, ending with the assistant header.
+
+        Args:
+          messages: the prompt, a sequence of `Message`.
+
+        Returns:
+          `(text, role)` pairs: for each message its header (role `"header"`) and its content
+          with the end marker (the message's role), then the assistant header.
+        """
         pieces = []
         for m in messages:
             pieces += [(self.header.format(role=m.role), "header"), (m.content + self.end, m.role)]
         return [*pieces, (self.header.format(role="assistant"), "header")]
 
     def completion_pieces(self, messages) -> list[tuple[str, str]]:
-        """`(text, role)` pieces of a completion (its first header is in the prompt)."""
+        """`(text, role)` pieces of a completion (its first header is in the prompt).
+
+        Args:
+          messages: the completion, a sequence of `Message` starting with an assistant turn.
+
+        Returns:
+          `(text, role)` pairs: each message's content with the end marker (the message's
+          role), preceded by its header (role `"header"`) for every message but the first.
+        """
         pieces = []
         for i, m in enumerate(messages):
             if i:
@@ -315,6 +411,16 @@ class TokenizeConfig:
 
 def bucket_length(n: int, buckets: Sequence[int]) -> int:
     """The smallest bucket `>= n`.
+
+    Args:
+      n: a row length in tokens.
+      buckets: allowed padded lengths, increasing (`TokenizeConfig.padded_buckets`).
+
+    Returns:
+      The padded length `T`.
+
+    Raises:
+      ValueError: when `n` exceeds the largest bucket.
 
     Example:
       >>> print(bucket_length(20, (16, 32, 64)))
@@ -530,6 +636,17 @@ def tokenize_unpaired(
 ) -> TokenizedSequence:
     """Tokenizes an `UnpairedExample` (see `tokenize_completion`).
 
+    Args:
+      example: the record (its path and line name it in errors).
+      tokenizer: a `Tokenizer`.
+      config: `TokenizeConfig`.
+
+    Returns:
+      `TokenizedSequence` of the prompt and the completion.
+
+    Raises:
+      DataError: `too_long` (see `TokenizeConfig.truncation`).
+
     Example:
       >>> from tokenizers import Tokenizer, models, pre_tokenizers
       >>> raw = Tokenizer(models.WordLevel({"<eos>": 0, "a": 1, "b": 2}, unk_token="<eos>"))
@@ -547,6 +664,17 @@ def tokenize_ranked(
     example: RankedExample, tokenizer: Tokenizer, config: TokenizeConfig
 ) -> list[TokenizedSequence]:
     """Tokenizes each completion of a `RankedExample` with the shared prompt.
+
+    Args:
+      example: the record (its path and line name it in errors).
+      tokenizer: a `Tokenizer`.
+      config: `TokenizeConfig`.
+
+    Returns:
+      One `TokenizedSequence` per completion, in the record's order.
+
+    Raises:
+      DataError: `too_long` (see `TokenizeConfig.truncation`).
 
     Example:
       >>> from tokenizers import Tokenizer, models, pre_tokenizers

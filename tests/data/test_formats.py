@@ -1,8 +1,13 @@
 """Readers and writers: round trips, the HH prompt split, implicit prompts, bad input."""
 
+import bz2
+import gzip
 import json
+import lzma
 import os
+import random
 import tempfile
+import traceback
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,9 +21,11 @@ from jaxpref.data import (
     Message,
     PreferencePair,
     RankedExample,
+    ReadReport,
     UnpairedExample,
     extract_prompt,
     hh_to_messages,
+    iter_preferences,
     read_preferences,
     read_ranked,
     read_unpaired,
@@ -397,6 +404,34 @@ _lines = st.lists(
 )
 
 
+_SIGNATURES = (
+    b"\x1f\x8b\x08",  # gzip
+    b"\xfd7zXZ\x00",  # xz
+    b"PK\x03\x04",  # zip
+    b"PK\x05\x06",
+    b"7z\xbc\xaf\x27\x1c",
+    b"\x28\xb5\x2f\xfd",  # zstd
+    b"\x04\x22\x4d\x18",  # lz4
+    b"PAR1",
+    b"\xff\xfe",  # UTF-16
+    b"\xfe\xff",
+)
+
+
+def _is_binary_file(data: bytes) -> bool:
+    """The reader's whole-file rule: a signature, a NUL in 4 KiB, or a non-UTF-8 first line."""
+    head = data[:4096]
+    if head.startswith(_SIGNATURES) or head[257:262] == b"ustar" or b"\x00" in head:
+        return True
+    lines = head.removeprefix(b"\xef\xbb\xbf").split(b"\n")
+    first = next((s for s in lines if s.strip()), b"")
+    try:
+        first.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_lines)
 def test_junk_lines_only_raise_data_error(lines):
@@ -405,6 +440,13 @@ def test_junk_lines_only_raise_data_error(lines):
         data = b"\n".join(lines)
         with open(path, "wb") as f:
             f.write(data)
+        if _is_binary_file(data):
+            for on_error in ("skip", "raise"):
+                with pytest.raises(DataError) as e:
+                    read_preferences(path, on_error=on_error)
+                assert (e.value.reason, e.value.path) == ("malformed_file", path)
+                assert "\n" not in str(e.value)
+            return
         pairs, report = read_preferences(path, on_error="skip")
         segments = data.split(b"\n")
         if segments and segments[0].startswith(b"\xef\xbb\xbf"):
@@ -424,3 +466,230 @@ def test_junk_lines_only_raise_data_error(lines):
 
 def test_assistant_marker_constant():
     assert A == HH_ASSISTANT
+
+
+# --------------------------------------------------------------------------------------------
+# Compressed files: gzip / bz2 / xz read as they stream, detected by suffix and magic bytes.
+
+_COMPRESSORS = {"gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress}
+
+
+def _hh_rows(n):
+    rows = []
+    for i in range(n):
+        history = f"{H} Question {i}?{A} Answer {i}.{H} Why {i}?{A}"
+        rows.append({"chosen": history + f" Because {i}.", "rejected": history + " No."})
+    return rows
+
+
+def _explicit_rows(n):
+    return [
+        {
+            "prompt": [{"role": "user", "content": f"Q{i} ✓"}],
+            "chosen": [{"role": "assistant", "content": f"good {i}"}],
+            "rejected": [{"role": "assistant", "content": f"bad {i}"}],
+            "score_chosen": 2.0,
+            "score_rejected": 1.0,
+        }
+        for i in range(n)
+    ]
+
+
+def _jsonl_bytes(rows, blank_at=()):
+    lines = [json.dumps(r, ensure_ascii=False) for r in rows]
+    for k in blank_at:
+        lines.insert(k, "")
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+@pytest.mark.parametrize("kind", sorted(_COMPRESSORS))
+@pytest.mark.parametrize("rows", [_hh_rows(300), _explicit_rows(300)], ids=["hh", "explicit"])
+def test_compressed_jsonl_reads_like_plain(tmp_path, kind, rows):
+    data = _jsonl_bytes(rows, blank_at=(3,))
+    plain = tmp_path / "train.jsonl"
+    plain.write_bytes(data)
+    packed = tmp_path / f"train.jsonl.{kind}"
+    packed.write_bytes(_COMPRESSORS[kind](data))
+    want, want_report = read_preferences(str(plain))
+    got, report = read_preferences(str(packed))
+    assert got == want and len(got) == 300
+    assert [p.line for p in got] == [p.line for p in want] and got[5].line == 7
+    assert all(p.path == str(packed) for p in got)
+    assert (report.num_records, report.num_blank) == (want_report.num_records, 1)
+
+
+@pytest.mark.parametrize("kind", sorted(_COMPRESSORS))
+def test_compression_detected_by_magic_bytes(tmp_path, kind):
+    data = _jsonl_bytes(_hh_rows(20))
+    want, _ = read_preferences(_write_lines(tmp_path / "plain.jsonl", data.splitlines()))
+    misnamed = tmp_path / "train.jsonl"  # compressed, but no compression suffix
+    misnamed.write_bytes(_COMPRESSORS[kind](data))
+    assert read_preferences(str(misnamed))[0] == want
+    unknown = tmp_path / "train.bin"
+    unknown.write_bytes(_COMPRESSORS[kind](data))
+    with pytest.raises(ValueError, match="cannot infer"):
+        read_preferences(str(unknown))
+    assert read_preferences(str(unknown), file_format="jsonl")[0] == want
+
+
+def test_compressed_bad_records_keep_decompressed_line_numbers(tmp_path):
+    lines = [GOOD, BAD_LINES["malformed_json"], "", GOOD, BAD_LINES["diverging_history"], GOOD]
+    path = tmp_path / "d.jsonl.gz"
+    path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    with pytest.raises(DataError) as e:
+        read_preferences(str(path))
+    assert (e.value.reason, e.value.line) == ("malformed_json", 2)
+    pairs, report = read_preferences(str(path), on_error="skip")
+    assert [p.line for p in pairs] == [1, 4, 6]
+    assert [(x.reason, x.line) for x in report.examples] == [
+        ("malformed_json", 2),
+        ("diverging_history", 5),
+    ]
+
+
+def test_suffix_without_the_compression_is_one_clear_error(tmp_path):
+    path = _write_lines(tmp_path / "d.jsonl.gz", [GOOD, GOOD])
+    with pytest.raises(DataError) as e:
+        read_preferences(path, on_error="skip")
+    assert (e.value.reason, e.value.path, e.value.line) == ("malformed_file", path, None)
+    assert "not gzip-compressed" in str(e.value)
+    empty = tmp_path / "empty.jsonl.xz"
+    empty.write_bytes(b"")
+    assert read_preferences(str(empty))[0] == []
+
+
+def test_truncated_compressed_file_is_one_error_with_its_line(tmp_path):
+    data = _jsonl_bytes(_hh_rows(2000))
+    path = tmp_path / "cut.jsonl.gz"
+    packed = gzip.compress(data)
+    path.write_bytes(packed[: len(packed) // 2])
+    report_lines = []
+    with pytest.raises(DataError) as e:
+        for p in iter_preferences(str(path), on_error="skip"):
+            report_lines.append(p.line)
+    assert e.value.reason == "malformed_file" and "corrupt gzip data" in str(e.value)
+    assert report_lines == list(range(1, len(report_lines) + 1)) and len(report_lines) > 10
+    assert e.value.line > report_lines[-1]
+
+
+def _zip_bytes(tmp_path):
+    import zipfile
+
+    zpath = tmp_path / "archive.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        z.writestr("train.jsonl", _jsonl_bytes(_hh_rows(50)))
+    return zpath.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "name,make,expect",
+    [
+        ("train.jsonl", _zip_bytes, "a zip archive"),
+        ("train.jsonl", lambda _: random.Random(0).randbytes(20000), "binary data"),
+        (
+            "train.jsonl.gz",
+            lambda _: gzip.compress(random.Random(1).randbytes(20000)),
+            "gzip data holding binary data",
+        ),
+        ("train.jsonl", lambda _: b"\xff\xfe" + "{}".encode("utf-16-le"), "UTF-16"),
+        ("train.jsonl", lambda _: '{"é": 1}\n'.encode("latin-1") * 50, "not UTF-8 text"),
+        ("train.jsonl", lambda _: b"PAR1" + bytes(100), "a Parquet file"),
+    ],
+    ids=["zip", "random", "gz-random", "utf16", "latin1", "parquet"],
+)
+def test_binary_file_fails_once_with_a_clear_error(tmp_path, name, make, expect):
+    path = tmp_path / name
+    path.write_bytes(make(tmp_path))
+    for on_error in ("raise", "skip"):
+        report = ReadReport()
+        with pytest.raises(DataError) as e:
+            list(iter_preferences(str(path), on_error=on_error, report=report))
+        assert (e.value.reason, e.value.path, e.value.line) == ("malformed_file", str(path), None)
+        assert expect in str(e.value) and "\n" not in str(e.value)
+        assert report.num_skipped == 0 and report.num_records == 0
+
+
+def test_compressed_parquet_suffix_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="Parquet compresses its own columns"):
+        read_preferences(str(tmp_path / "train.parquet.gz"))
+
+
+# --------------------------------------------------------------------------------------------
+# Bad HH-RLHF records: one short exception under "raise", counts by reason under "skip".
+
+HH_BAD = {
+    "diverging_history": {
+        "chosen": f"{H} Hi{A} Hello.{H} Any tips?{A} Drink water.",
+        "rejected": f"{H} Hi{A} Go away.{H} Any tips?{A} No.",
+    },
+    "no_prompt_split": {"chosen": f"{H} Hi there", "rejected": f"{H} Hi you"},
+    "empty_completion": {"chosen": f"{H} Hi{A}", "rejected": f"{H} Hi{A} Hello."},
+    "missing_field": {"chosen": None, "rejected": f"{H} Hi{A} Hello."},
+}
+HH_GOOD = json.dumps({"chosen": f"{H} Hi{A} Hello.", "rejected": f"{H} Hi{A} Go away."})
+
+
+@pytest.mark.parametrize(
+    "bad,reason,says",
+    [
+        (json.dumps(HH_BAD["diverging_history"]), "diverging_history", "before the final"),
+        (json.dumps(HH_BAD["no_prompt_split"]), "no_prompt_split", "Assistant"),
+        (json.dumps(HH_BAD["empty_completion"]), "empty_completion", "chosen is empty"),
+        (json.dumps(HH_BAD["missing_field"]), "missing_field", "'chosen' is null"),
+        ('{"chosen": "\\n\\nHuman: Hi", ', "malformed_json", "invalid JSON"),
+        (json.dumps([HH_BAD["empty_completion"]]), "malformed_json", "expected a JSON object"),
+    ],
+    ids=["diverging", "no-marker", "empty", "null", "invalid-json", "not-object"],
+)
+def test_bad_hh_record_raises_one_short_error(tmp_path, bad, reason, says):
+    path = _write_lines(tmp_path / "harmless.jsonl", [HH_GOOD] * 86 + [bad, HH_GOOD])
+    with pytest.raises(DataError) as e:
+        read_preferences(path)
+    err = e.value
+    assert isinstance(err, ValueError)
+    assert (err.path, err.line, err.reason) == (path, 87, reason)
+    message = str(err)
+    assert message.startswith(f"{path}:87: {reason}: ") and says in message
+    assert "\n" not in message and len(message) < len(path) + 200
+    assert err.__context__ is None and err.__cause__ is None  # one exception, no chain
+    text = "".join(traceback.format_exception(err))
+    assert "During handling" not in text and "direct cause" not in text
+
+
+def test_bad_hh_records_skipped_and_counted_by_reason(tmp_path):
+    lines = [HH_GOOD]
+    for row in HH_BAD.values():
+        lines += [json.dumps(row)] * 2 + [HH_GOOD]
+    lines += ["{oops", "[1, 2]", "null", json.dumps({"chosen": f"{H} Hi{A} a", "rejected": None})]
+    path = _write_lines(tmp_path / "harmless.jsonl", lines)
+    pairs, report = read_preferences(path, on_error="skip")
+    assert len(pairs) == report.num_records == 5
+    assert dict(report.skipped) == {
+        "diverging_history": 2,
+        "no_prompt_split": 2,
+        "empty_completion": 2,
+        "missing_field": 3,
+        "malformed_json": 3,
+    }
+    assert set(report.skipped) <= set(REASONS)
+    first = {}
+    for err in report.examples:
+        first.setdefault(err.reason, err)
+        assert err.path == path and "\n" not in str(err)
+    assert {r: e.line for r, e in first.items()} == {
+        "diverging_history": 2,
+        "no_prompt_split": 5,
+        "empty_completion": 8,
+        "missing_field": 11,
+        "malformed_json": 14,
+    }
+    assert report.to_dict()["skipped"] == dict(report.skipped)
+    assert report.locations()["no_prompt_split"] == [f"{path}:5", f"{path}:6"]
+
+
+def test_long_values_are_cut_in_error_messages(tmp_path):
+    row = {"prompt": "Q", "completion": " a", "label": "yes " * 500}
+    path = _write_lines(tmp_path / "u.jsonl", [json.dumps(row)])
+    with pytest.raises(DataError) as e:
+        read_unpaired(path)
+    assert e.value.reason == "bad_field" and len(str(e.value)) < len(path) + 120

@@ -125,3 +125,20 @@ def test_import_is_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_data_error_message_is_one_short_line():
+    err = DataError("bad_field", "first line\nsecond line\r\nthird " + "x" * 1000, path="a", line=2)
+    assert "\n" not in str(err) and "\r" not in str(err)
+    assert str(err).startswith("a:2: bad_field: first line second line third x")
+    assert len(err.detail) == 300 and err.detail.endswith("...")
+    with pytest.raises(DataError) as e:
+        UnpairedExample("q", " a", "y" * 500)
+    assert e.value.reason == "bad_field" and len(str(e.value)) < 120
+    with pytest.raises(DataError) as e:
+        Message(["r" * 500], "x")
+    assert len(str(e.value)) < 120
+    r = ReadReport()
+    r.add_skip(DataError("too_long", "x"))
+    r.add_skip(DataError("too_long", "y", path="f.jsonl"))
+    assert r.locations() == {"too_long": ["<memory>", "f.jsonl"]}

@@ -242,3 +242,85 @@ def test_sentencepiece_matches_processor(tmp_path):
     proc = spm.SentencePieceProcessor(model_file=str(tmp_path / "m.model"))
     t = tokenize_pair(PreferencePair("hello", " world", " fox"), tok, TokenizeConfig(max_length=32))
     assert t.chosen_ids.tolist()[:-1] == proc.encode(" world")
+
+
+# --------------------------------------------------------------------------------------------
+# Truncation and padding stored in a tokenizer.json are ignored: TokenizeConfig alone cuts.
+
+HH_PROMPT = (
+    "\n\nHuman: The quick brown fox jumps over the lazy dog. How do I bake bread? Tell me a "
+    "joke.\n\nAssistant:"
+)
+
+
+@pytest.fixture(scope="module")
+def exported_file(tmp_path_factory, tokenizer_file):
+    """The test tokenizer saved the way pipelines export it: truncating to 5, padding to 40."""
+    raw = Tokenizer.from_file(tokenizer_file)
+    raw.enable_truncation(max_length=5)
+    raw.enable_padding(length=40, pad_id=raw.token_to_id("<pad>"), pad_token="<pad>")
+    path = tmp_path_factory.mktemp("exported") / "tokenizer.json"
+    raw.save(str(path))
+    stored = json.loads(path.read_text())
+    assert stored["truncation"]["max_length"] == 5 and stored["padding"] is not None
+    return str(path)
+
+
+def test_stored_truncation_and_padding_are_ignored(exported_file, raw):
+    from jaxpref.data import HFTokenizer
+
+    exported = Tokenizer.from_file(exported_file)
+    assert len(exported.encode(HH_PROMPT, add_special_tokens=False).ids) == 40  # cut + padded
+    tok = HFTokenizer(exported_file, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
+    full = _enc(raw, HH_PROMPT)
+    assert len(full) > 5
+    assert tok.encode(HH_PROMPT) == full
+    assert tok.encode("Thanks!") == _enc(raw, "Thanks!")  # no padding
+    assert tok.tokenizer.truncation is None and tok.tokenizer.padding is None
+    assert tok.ignored_settings["truncation"]["max_length"] == 5
+    assert tok.ignored_settings["padding"]["length"] == 40
+
+    pair = PreferencePair(HH_PROMPT, " Mix flour, water, salt and yeast.", " Sorry.")
+    t = tokenize_pair(pair, tok, TokenizeConfig(max_length=128))
+    assert not t.truncated
+    assert tok.decode(t.prompt_ids.tolist()) == "<bos>" + HH_PROMPT  # ends with the marker
+    assert tok.decode(t.chosen_ids.tolist()) == pair.chosen + "<eos>"
+
+
+def test_tokenizer_object_with_truncation_is_copied_not_modified(exported_file, raw):
+    from jaxpref.data import HFTokenizer
+
+    exported = Tokenizer.from_file(exported_file)
+    tok = HFTokenizer(exported, eos_token="<eos>")
+    assert tok.encode(HH_PROMPT) == _enc(raw, HH_PROMPT)
+    assert exported.truncation is not None and exported.padding is not None
+    clean = HFTokenizer(raw, eos_token="<eos>")
+    assert clean.tokenizer is raw and clean.ignored_settings == {}
+
+
+def test_jaxpref_truncation_is_flagged_and_counted(exported_file):
+    from jaxpref.data import HFTokenizer, ReadReport, preference_pipeline
+
+    tok = HFTokenizer(exported_file, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
+    cfg = TokenizeConfig(max_length=24, max_prompt_length=12, buckets=(24,))
+    long = PreferencePair(HH_PROMPT, " 1 2 3 4 5 6 7 8 9 10" * 3, " Sorry.")
+    short = PreferencePair("Hi", " Thanks!", " Sorry.")
+    assert tokenize_pair(long, tok, cfg).truncated
+    assert not tokenize_pair(short, tok, cfg).truncated
+    report = ReadReport()
+    ds = preference_pipeline(
+        [short, long, short, short],
+        batch_size=2,
+        tokenizer=tok,
+        config=cfg,
+        shuffle=False,
+        shard_index=0,
+        shard_count=1,
+        report=report,
+    )
+    batches = list(ds)
+    assert len(batches) == 2
+    assert (report.num_records, report.num_truncated, report.num_skipped) == (4, 1, 0)
+    assert "1 truncated" in report.summary()
+    assert ReadReport.from_dict(report.to_dict()).num_truncated == 1
+    assert ReadReport(num_truncated=2).merge(report).num_truncated == 3
