@@ -11,14 +11,13 @@ rate against the reference, KL to the reference, and KL from DPO's closed-form t
 `pi* ∝ pi_ref exp(r*/beta)` to the learned policy.
 
 Run: `python -m experiments.bandit_dpo` (defaults take well under a minute on 2 CPU cores);
-`--help` lists every setting. Writes `report.json` and `report.md` under `--out`.
+`--help` lists every setting. Writes `config.json`, `report.json` and `report.md` under `--out`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import pathlib
+import sys
 import time
 from typing import NamedTuple
 
@@ -27,12 +26,21 @@ import jax.numpy as jnp
 import optax
 
 import jaxpref.losses as jl
+from jaxpref import experiment as kit
 from jaxpref.data import synthetic
 
 
 @dataclasses.dataclass(frozen=True)
-class TaskConfig:
-    """The synthetic preference bandit."""
+class BanditSpec:
+    """The synthetic preference bandit.
+
+    Args:
+      num_prompts: prompts (contexts).
+      num_responses: candidate responses per prompt.
+      reward_scale: standard deviation of the gold reward.
+      num_pairs: preference pairs sampled from the reference and labelled by Bradley-Terry.
+      seed: seed of the bandit and the pairs.
+    """
 
     num_prompts: int = 64
     num_responses: int = 16
@@ -42,8 +50,14 @@ class TaskConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class OptimConfig:
-    """Optimiser and schedule."""
+class TrainSpec:
+    """Optimisation of the tabular policy.
+
+    Args:
+      learning_rate: Adam learning rate.
+      steps: Adam steps.
+      batch_size: pairs per step (sampled with replacement).
+    """
 
     learning_rate: float = 0.05
     steps: int = 1500
@@ -52,14 +66,25 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Experiment configuration: which losses, at which `beta`, over how many seeds."""
+    """Experiment configuration: which losses, at which `beta`, over how many seeds.
+
+    Args:
+      losses: `jaxpref.losses` registry names to compare.
+      beta: inverse temperature of every loss.
+      seeds: training seeds per loss (vmapped).
+      task: the bandit.
+      optim: the optimiser.
+      out: run directory.
+      force: rerun into `out` even if it holds a run with another configuration.
+    """
 
     losses: tuple[str, ...] = ("sigmoid", "ipo", "hinge", "discopop", "nca_pair", "apo_zero")
     beta: float = 0.5
     seeds: int = 3
-    task: TaskConfig = TaskConfig()
-    optim: OptimConfig = OptimConfig()
+    task: BanditSpec = BanditSpec()
+    optim: TrainSpec = TrainSpec()
     out: str = "runs/bandit_dpo"
+    force: bool = False
 
 
 class Metrics(NamedTuple):
@@ -128,33 +153,41 @@ def make_train(config: Config, loss_name: str, bandit, pairs):
 
 def run_loss(config: Config, loss_name: str, bandit, pairs) -> dict:
     """Trains one loss over `config.seeds` seeds (vmapped) and summarises the exact metrics."""
-    train = jax.jit(jax.vmap(make_train(config, loss_name, bandit, pairs)))
     keys = jax.random.split(jax.random.key(config.task.seed + 1), config.seeds)
     t0 = time.perf_counter()
-    logits, metrics = jax.block_until_ready(train(keys))
+    runs = kit.run_seeds(make_train(config, loss_name, bandit, pairs), keys)
     seconds = time.perf_counter() - t0
+    logits, metrics = runs.per_seed
     win = jax.vmap(lambda lg: synthetic.win_rate(lg, bandit))(logits)
     ref_logp = jax.nn.log_softmax(bandit.ref_logits, axis=-1)
     _, _, _, _, r_c0, r_r0 = _implicit_rewards(bandit.ref_logits, ref_logp, pairs, config.beta)
     target = synthetic.optimal_policy_logits(bandit, beta=config.beta)
+    kl_start = float(synthetic.kl_to_reference(target, bandit.ref_logits))
 
     def mean(x):
         return float(jnp.mean(x))
 
+    per_seed = {
+        "gold_reward_policy": metrics.gold_reward[:, -1],
+        "win_rate_vs_ref": win,
+        "kl_to_ref": metrics.kl_to_ref[:, -1],
+        "kl_from_optimum_end": metrics.kl_from_optimum[:, -1],
+        "kl_from_optimum_min": jnp.min(metrics.kl_from_optimum, axis=1),
+    }
     return {
         "loss_name": loss_name,
         "steps": config.optim.steps,
         "seeds": config.seeds,
         "final_loss": mean(metrics.loss[:, -1]),
         "gold_reward_ref": float(synthetic.expected_reward(bandit.ref_logits, bandit)),
-        "gold_reward_policy": mean(metrics.gold_reward[:, -1]),
+        "gold_reward_policy": mean(per_seed["gold_reward_policy"]),
         "gold_reward_optimum": float(synthetic.expected_reward(target, bandit)),
         "win_rate_vs_ref": mean(win),
-        "kl_to_ref": mean(metrics.kl_to_ref[:, -1]),
-        "kl_optimum_to_ref": float(synthetic.kl_to_reference(target, bandit.ref_logits)),
-        "kl_from_optimum_start": float(synthetic.kl_to_reference(target, bandit.ref_logits)),
-        "kl_from_optimum_end": mean(metrics.kl_from_optimum[:, -1]),
-        "kl_from_optimum_min": mean(jnp.min(metrics.kl_from_optimum, axis=1)),
+        "kl_to_ref": mean(per_seed["kl_to_ref"]),
+        "kl_optimum_to_ref": kl_start,
+        "kl_from_optimum_start": kl_start,
+        "kl_from_optimum_end": mean(per_seed["kl_from_optimum_end"]),
+        "kl_from_optimum_min": mean(per_seed["kl_from_optimum_min"]),
         "kl_from_optimum_argmin_step": int(jnp.median(jnp.argmin(metrics.kl_from_optimum, axis=1)))
         + 1,
         "implicit_reward_chosen_start": mean(r_c0),
@@ -162,35 +195,29 @@ def run_loss(config: Config, loss_name: str, bandit, pairs) -> dict:
         "implicit_reward_rejected_start": mean(r_r0),
         "implicit_reward_rejected_end": mean(metrics.reward_rejected[:, -1]),
         "wall_s_including_compile": seconds,
+        "per_seed": {k: [float(v) for v in x] for k, x in per_seed.items()},
     }
 
 
 _COLUMNS = (
-    ("loss_name", "loss"),
     ("gold_reward_policy", "gold reward"),
     ("win_rate_vs_ref", "win vs ref"),
-    ("kl_to_ref", "KL(pi||ref)"),
-    ("kl_from_optimum_end", "KL(pi*||pi)"),
-    ("kl_from_optimum_min", "min KL(pi*||pi)"),
-    ("implicit_reward_chosen_end", "r chosen"),
-    ("implicit_reward_rejected_end", "r rejected"),
+    ("kl_to_ref", "KL(pi || ref)"),
+    ("kl_from_optimum_end", "KL(pi* || pi)"),
+    ("kl_from_optimum_min", "min KL(pi* || pi)"),
 )
 
 
-def _table(rows: list[dict]) -> str:
-    head = "| " + " | ".join(title for _, title in _COLUMNS) + " |"
-    sep = "|" + "|".join("---" for _ in _COLUMNS) + "|"
-    lines = [head, sep]
-    for row in rows:
-        cells = [row[k] if isinstance(row[k], str) else f"{row[k]:.4f}" for k, _ in _COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def main(config: Config) -> dict:
+def main(config: Config) -> kit.Report:
     """Runs every requested loss, writes `report.json` / `report.md` and returns the report."""
     for name in config.losses:
-        jl.info(name)  # unknown names fail before any work, with the list of valid ones
+        try:
+            jl.info(name)  # unknown names fail before any work, with the list of valid ones
+        except KeyError as err:
+            raise kit.ConfigError(f"--losses: {err.args[0]}") from None
+    if config.seeds < 1:
+        raise kit.ConfigError(f"--seeds must be at least 1, got {config.seeds}.")
+    run = kit.open_run_dir(config.out, config, experiment="bandit_dpo", force=config.force)
     task = config.task
     key_task, key_pairs = jax.random.split(jax.random.key(task.seed))
     bandit = synthetic.make_preference_bandit(
@@ -202,43 +229,47 @@ def main(config: Config) -> dict:
     pairs = synthetic.sample_preference_pairs(key_pairs, bandit, task.num_pairs)
     rows = []
     for name in config.losses:
-        row = run_loss(config, name, bandit, pairs)
+        with run.phase(f"train/{name}"):
+            row = run_loss(config, name, bandit, pairs)
         rows.append(row)
-        print(
-            f"[{name:>10}] gold reward {row['gold_reward_ref']:+.3f} -> "
+        run.log(
+            f"{name:>10}: gold reward {row['gold_reward_ref']:+.3f} -> "
             f"{row['gold_reward_policy']:+.3f} (optimum {row['gold_reward_optimum']:+.3f}), "
             f"win vs ref {row['win_rate_vs_ref']:.3f}, KL(pi*||pi) "
             f"{row['kl_from_optimum_start']:.3f} -> {row['kl_from_optimum_end']:.3f} "
-            f"(min {row['kl_from_optimum_min']:.3f})",
-            flush=True,
+            f"(min {row['kl_from_optimum_min']:.3f})"
         )
-    report = {"config": dataclasses.asdict(config), "results": rows}
-    out = pathlib.Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    md = [
-        "# Preference bandit: DPO-family losses against the closed-form optimum",
-        "",
+    md = kit.Markdown("Preference bandit: DPO-family losses against the closed-form optimum")
+    md.paragraph(
         f"beta = {config.beta}; {task.num_prompts} prompts x {task.num_responses} responses; "
         f"{task.num_pairs} pairs from pi_ref labelled by Bradley-Terry on the gold reward; "
-        f"{config.optim.steps} Adam steps, batch {config.optim.batch_size}, "
-        f"mean over {config.seeds} seeds. All metrics are exact (tabular).",
-        "",
-        _table(rows),
-        "",
-        "KL(pi*||pi) is the divergence from DPO's target pi* ∝ pi_ref exp(r*/beta); "
-        f"at the start (pi = pi_ref) it is {rows[0]['kl_from_optimum_start']:.4f}. "
-        "'min' is its smallest value along training: a final value above it means the loss "
-        "over-fits the finite preference sample (pairs never compared drift, and "
-        "near-deterministic empirical preferences push logits apart without bound, the failure "
-        "mode IPO addresses).",
-    ]
-    (out / "report.md").write_text("\n".join(md) + "\n")
-    print(f"wrote {out / 'report.json'} and {out / 'report.md'}")
-    return report
+        f"{config.optim.steps} Adam steps, batch {config.optim.batch_size}; mean ± std over "
+        f"{config.seeds} training seeds. All metrics are exact (tabular)."
+    )
+    md.table(
+        ["loss", *(title for _, title in _COLUMNS), "r chosen", "r rejected"],
+        [
+            [
+                row["loss_name"],
+                *(kit.mean_std(row["per_seed"][k], digits=4) for k, _ in _COLUMNS),
+                row["implicit_reward_chosen_end"],
+                row["implicit_reward_rejected_end"],
+            ]
+            for row in rows
+        ],
+    )
+    md.paragraph(
+        "KL(pi* || pi) is the divergence from DPO's target pi* ∝ pi_ref exp(r*/beta); "
+        f"at the start (pi = pi_ref) it is {rows[0]['kl_from_optimum_start']:.4f}; the "
+        f"optimum's gold reward is {rows[0]['gold_reward_optimum']:.4f} (reference "
+        f"{rows[0]['gold_reward_ref']:.4f}). 'min' is its smallest value along training: a "
+        "final value above it means the loss over-fits the finite preference sample (pairs never "
+        "compared drift, and near-deterministic empirical preferences push logits apart without "
+        "bound, the failure mode IPO addresses). r chosen / r rejected are the mean implicit "
+        "rewards of the training pairs at the end."
+    )
+    return run.finish({"losses": rows}, md)
 
 
 if __name__ == "__main__":
-    import tyro
-
-    main(tyro.cli(Config))
+    sys.exit(kit.cli(Config, main, prog="python -m experiments.bandit_dpo", description=__doc__))

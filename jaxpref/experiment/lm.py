@@ -382,9 +382,11 @@ class ChosenRows:
         }
 
     def get_state(self):
+        """The wrapped pipeline's resumable state."""
         return self.it.get_state()
 
     def set_state(self, state):
+        """Restores the wrapped pipeline's state."""
         self.it.set_state(state)
 
 

@@ -234,3 +234,23 @@ def test_guard_inputs_and_cached_arrays(tmp_path):
         warnings.simplefilter("always")
         kit.cached_arrays(path, {"k": "2"}, make)
     assert len(calls) == 2 and "made with another k" in str(caught[0].message)
+
+
+def test_readme_example_experiment_runs(tmp_path, monkeypatch):
+    import importlib.util
+    import pathlib
+
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Writing an experiment", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "mine.py"
+    path.write_text(code)
+    spec = importlib.util.spec_from_file_location("mine", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(__import__("sys").modules, "mine", module)
+    spec.loader.exec_module(module)
+    report = module.main(module.Config(out=str(tmp_path / "run"), seeds=3))
+    assert len(report.results["score"]) == 3
+    assert "(3 seeds)" in (tmp_path / "run" / "report.md").read_text()
+    code = kit.cli(module.Config, module.main, prog="mine", args=["--seeds", "0"])
+    assert code == kit.EXIT_USAGE

@@ -11,15 +11,17 @@ def test_bandit_experiment_improves_on_reference(tmp_path):
     config = bandit_dpo.Config(
         losses=("sigmoid", "ipo"),
         seeds=2,
-        task=bandit_dpo.TaskConfig(num_prompts=8, num_responses=6, num_pairs=2048),
-        optim=bandit_dpo.OptimConfig(steps=300, batch_size=128),
+        task=bandit_dpo.BanditSpec(num_prompts=8, num_responses=6, num_pairs=2048),
+        optim=bandit_dpo.TrainSpec(steps=300, batch_size=128),
         out=str(tmp_path),
     )
     report = bandit_dpo.main(config)
     saved = json.loads((tmp_path / "report.json").read_text())
-    assert saved["results"] == report["results"]
+    assert saved["results"] == report.results
+    assert saved["schema_version"] == 1 and saved["experiment"] == "bandit_dpo"
     assert (tmp_path / "report.md").exists()
-    sigmoid = report["results"][0]
+    assert "± " in (tmp_path / "report.md").read_text()
+    sigmoid = report.results["losses"][0]
     assert sigmoid["loss_name"] == "sigmoid"
     assert sigmoid["gold_reward_policy"] > sigmoid["gold_reward_ref"]
     assert sigmoid["win_rate_vs_ref"] > 0.5
@@ -28,5 +30,5 @@ def test_bandit_experiment_improves_on_reference(tmp_path):
 
 def test_unknown_loss_fails_before_training(tmp_path):
     config = bandit_dpo.Config(losses=("sigmoidd",), out=str(tmp_path))
-    with pytest.raises(KeyError, match="sigmoid"):
+    with pytest.raises(ValueError, match="sigmoid"):
         bandit_dpo.main(config)
