@@ -68,12 +68,10 @@ with `torch.set_num_threads(os.cpu_count())`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from typing import Literal
 
@@ -82,6 +80,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from experiments.bench._timing import best_time, cli, time_interleaved
 from jaxpref.models import ModelConfig, Transformer, preset, to_hf
 from jaxpref.train import (
     OptimizerConfig,
@@ -268,18 +267,7 @@ def time_gemms(gemms, dtype, *, repeats: int, seed: int = 0) -> float:
 
 
 # ------------------------------------------------------------------------------------------------
-# Timing helpers
-
-
-def best_time(fn: Callable, *args, repeats: int) -> float:
-    """Best seconds of `repeats` calls of `fn(*args)` (results ready), after one warm-up call."""
-    jax.block_until_ready(fn(*args))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - start)
-    return best
+# Matmul peak
 
 
 def matmul_peak(sizes, dtype, *, repeats: int) -> dict:
@@ -292,18 +280,6 @@ def matmul_peak(sizes, dtype, *, repeats: int) -> dict:
         best = best_time(jax.jit(lambda x, y: x @ y), a, b, repeats=repeats)
         out[n] = 2 * n**3 / best / 1e9
     return out
-
-
-def time_interleaved(steps: dict[str, Callable[[], None]], *, windows: int, per_window: int):
-    """Seconds per step of each window of `per_window` calls, variants timed in turn."""
-    samples = {name: [] for name in steps}
-    for _ in range(windows):
-        for name, fn in steps.items():
-            start = time.perf_counter()
-            for _ in range(per_window):
-                fn()
-            samples[name].append((time.perf_counter() - start) / per_window)
-    return samples
 
 
 # ------------------------------------------------------------------------------------------------
@@ -510,7 +486,7 @@ def main(config: Config) -> dict:
     def jax_step(kind):
         def run():
             jx["states"][kind], _ = jx["step"](jx["states"][kind], jx["batches"][kind])
-            jax.block_until_ready(jx["states"][kind])
+            return jx["states"][kind]  # the timing waits for it
 
         return run
 
@@ -530,11 +506,11 @@ def main(config: Config) -> dict:
         if trl is not None:
             timed["torch_trl_live"] = trl["steps"]["live"]
             timed["torch_trl_cached"] = trl["steps"]["cached"]
-        for fn in timed.values():
-            for _ in range(config.warmup_steps):
-                fn()
         samples = time_interleaved(
-            timed, windows=config.windows, per_window=config.steps_per_window
+            timed,
+            rounds=config.windows,
+            warmup=config.warmup_steps,
+            calls=config.steps_per_window,
         )
     peak_end = matmul_peak(
         config.matmul_sizes, cfg.compute_jnp_dtype, repeats=config.matmul_repeats
@@ -645,6 +621,4 @@ def main(config: Config) -> dict:
 
 
 if __name__ == "__main__":
-    import tyro
-
-    print(json.dumps(main(tyro.cli(Config)), indent=2))
+    cli(main, Config, description=__doc__.splitlines()[0])
