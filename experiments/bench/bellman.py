@@ -48,20 +48,35 @@ class Config:
     """Benchmark sizes and repeats."""
 
     steps: int = 1024
+    """Rollout length T of the returns benchmarks."""
     batch: int = 256
+    """Rollouts B of the returns benchmarks."""
     lambda_: float = 0.95
-    unroll: int | None = None  # scan unroll; None: jaxpref's default (1 on CPU, 32 on GPU)
+    """Lambda of GAE and of the lambda-returns."""
+    unroll: int | None = None
+    """Scan unroll of jaxpref's time-major loops; None: jaxpref's default (1 on CPU, 32 on GPU)."""
     repeats: int = 50
+    """Timed rounds of the jaxpref and baseline returns functions (median reported)."""
     grad_repeats: int = 20
+    """Timed rounds of their gradients (median reported)."""
     numpy_repeats: int = 5
+    """Timed calls of the NumPy loops (median reported)."""
     warmup: int = 3
+    """Untimed calls of each returns function before its timed rounds."""
     bandwidth_mib: int = 256
+    """Size in MiB of the array summed by the memory-bandwidth probe."""
     num_mdps: int = 64
+    """Random MDPs solved together (vmapped) by soft value iteration."""
     num_states: int = 256
+    """States per MDP."""
     num_actions: int = 8
+    """Actions per MDP."""
     vi_iterations: int = 200
+    """Soft value iterations."""
     vi_repeats: int = 5
+    """Timed rounds of soft value iteration and the bandwidth probe (median reported)."""
     seed: int = 0
+    """Seed of the rollouts and the MDPs."""
 
 
 def median_ms(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int) -> dict:

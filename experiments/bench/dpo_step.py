@@ -104,12 +104,19 @@ class Shape:
     """Model and batch shape; None takes the preset's value."""
 
     num_layers: int | None = None
+    """Transformer layers."""
     d_model: int | None = None
+    """Model width."""
     num_heads: int | None = None
+    """Attention heads."""
     vocab_size: int | None = None
+    """Vocabulary size (its last token is EOS)."""
     pairs: int | None = None
+    """Preference pairs per step (2 * pairs rows)."""
     prompt_len: int | None = None
+    """Prompt tokens per row."""
     completion_len: int | None = None
+    """Completion tokens per row."""
 
 
 PRESET_SHAPES = {
@@ -123,19 +130,33 @@ class Config:
     """Benchmark settings."""
 
     preset: Literal["tiny", "gpt2-124m"] = "tiny"
+    """Model and batch shape: 'tiny' (CPU) or 'gpt2-124m' (GPT-2 small, for a GPU)."""
     shape: Shape = Shape()
+    """Fields of the preset's shape to override."""
     dtype: Literal["float32", "bfloat16"] = "float32"
+    """Compute dtype (parameters stay float32)."""
     logps: Literal["auto", "logits", "chunked"] = "auto"
+    """Log-prob path: 'auto' (plain logits up to 256 MiB of fp32 logits, else chunked)."""
     beta: float = 0.1
+    """DPO beta."""
     learning_rate: float = 1e-4
+    """AdamW learning rate (both implementations)."""
     warmup_steps: int = 3
+    """Untimed steps of every variant before the timed windows."""
     windows: int = 10
+    """Timed rounds; each times `steps_per_window` consecutive steps of every variant in turn."""
     steps_per_window: int = 3
-    torch: bool = True  # also time TRL's DPOTrainer (needs torch, transformers, trl)
+    """Consecutive steps per timed window."""
+    torch: bool = True
+    """Also time TRL's DPOTrainer (needs torch, transformers, trl)."""
     matmul_sizes: tuple[int, ...] = (256, 512, 1024, 1536, 2048)
+    """Sizes n of the square matmuls timed for the matmul peak."""
     matmul_repeats: int = 10
-    gemm_repeats: int = 10  # timings of the GEMM-only program (best taken)
+    """Timings per matmul size (best taken)."""
+    gemm_repeats: int = 10
+    """Timings of the GEMM-only program (best taken)."""
     seed: int = 0
+    """Seed of the model's parameters and of the batch."""
 
     @property
     def resolved_shape(self) -> Shape:
