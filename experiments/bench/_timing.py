@@ -73,12 +73,10 @@ def time_interleaved(
     """
     import jax
 
-    def call(fn):
-        return jax.block_until_ready(fn())
-
+    block = jax.block_until_ready
     for fn in fns.values():
         for _ in range(warmup):
-            call(fn)
+            block(fn())
     orders = orders or [list(fns)]
     samples: dict[str, list[float]] = {name: [] for name in fns}
 
@@ -95,10 +93,10 @@ def time_interleaved(
         for name in orders[r % len(orders)]:
             fn = fns[name]
             for _ in range(settle):
-                call(fn)
+                block(fn())
             start = time.perf_counter()
             for _ in range(calls):
-                call(fn)
+                block(fn())
             samples[name].append((time.perf_counter() - start) / calls)
         r += 1
     return samples
