@@ -31,9 +31,7 @@ object.
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
-import time
 from collections.abc import Callable
 
 import jax
@@ -41,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxpref.bellman as jb
+from experiments.bench._timing import cli, time_interleaved
 from jaxpref.envs import random_mdp
 
 
@@ -49,38 +48,41 @@ class Config:
     """Benchmark sizes and repeats."""
 
     steps: int = 1024
+    """Rollout length T of the returns benchmarks."""
     batch: int = 256
+    """Rollouts B of the returns benchmarks."""
     lambda_: float = 0.95
-    unroll: int | None = None  # scan unroll; None: jaxpref's default (1 on CPU, 32 on GPU)
+    """Lambda of GAE and of the lambda-returns."""
+    unroll: int | None = None
+    """Scan unroll of jaxpref's time-major loops; None: jaxpref's default (1 on CPU, 32 on GPU)."""
     repeats: int = 50
+    """Timed rounds of the jaxpref and baseline returns functions (median reported)."""
     grad_repeats: int = 20
+    """Timed rounds of their gradients (median reported)."""
     numpy_repeats: int = 5
+    """Timed calls of the NumPy loops (median reported)."""
     warmup: int = 3
+    """Untimed calls of each returns function before its timed rounds."""
     bandwidth_mib: int = 256
+    """Size in MiB of the array summed by the memory-bandwidth probe."""
     num_mdps: int = 64
+    """Random MDPs solved together (vmapped) by soft value iteration."""
     num_states: int = 256
+    """States per MDP."""
     num_actions: int = 8
+    """Actions per MDP."""
     vi_iterations: int = 200
+    """Soft value iterations."""
     vi_repeats: int = 5
+    """Timed rounds of soft value iteration and the bandwidth probe (median reported)."""
     seed: int = 0
+    """Seed of the rollouts and the MDPs."""
 
 
-def _block(x):
-    return jax.block_until_ready(x)
-
-
-def time_interleaved(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int) -> dict:
+def median_ms(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int) -> dict:
     """Median wall-clock milliseconds of each zero-argument function, timed in rounds."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            _block(fn())
-    samples = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            _block(fn())
-            samples[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(s) for name, s in samples.items()}
+    samples = time_interleaved(fns, rounds=repeats, warmup=warmup)
+    return {name: statistics.median(s) * 1e3 for name, s in samples.items()}
 
 
 def bandwidth_probe(num_bytes: int):
@@ -93,7 +95,7 @@ def bandwidth_probe(num_bytes: int):
 def measure_bandwidth(num_bytes: int, *, repeats: int = 20, warmup: int = 2) -> float:
     """Read bandwidth in GB/s of a jitted float32 sum over an array of `num_bytes` bytes."""
     probe, nbytes = bandwidth_probe(num_bytes)
-    ms = time_interleaved({"sum": probe}, repeats=repeats, warmup=warmup)["sum"]
+    ms = median_ms({"sum": probe}, repeats=repeats, warmup=warmup)["sum"]
     return nbytes / (ms * 1e-3) / 1e9
 
 
@@ -199,16 +201,15 @@ def bench_returns(config: Config, bandwidth_gbs: float) -> dict:
     out = {}
     for name in ("gae", "lambda_returns"):
         a = args[name]
-        timed = time_interleaved(
+        timed = median_ms(
             {impl: (lambda f=f: f(*a)) for impl, f in fns[name].items()},
             repeats=config.repeats,
             warmup=config.warmup,
         )
-        timed["numpy"] = time_interleaved(
-            {"numpy": np_fns[name]}, repeats=config.numpy_repeats, warmup=1
-        )["numpy"]
+        numpy_ms = median_ms({"numpy": np_fns[name]}, repeats=config.numpy_repeats, warmup=1)
+        timed["numpy"] = numpy_ms["numpy"]
         grads = gradient_functions(fns[name])
-        grad_ms = time_interleaved(
+        grad_ms = median_ms(
             {impl: (lambda g=g: g(*a)) for impl, g in grads.items()},
             repeats=config.grad_repeats,
             warmup=1,
@@ -253,10 +254,10 @@ def bench_soft_value_iteration(config: Config) -> dict:
     """
     keys = jax.random.split(jax.random.key(config.seed), config.num_mdps)
     mdps = jax.jit(jax.vmap(lambda k: random_mdp(k, config.num_states, config.num_actions)))(keys)
-    reward, transitions = _block((mdps.reward, mdps.transitions))
+    reward, transitions = jax.block_until_ready((mdps.reward, mdps.transitions))
     solve = make_soft_vi(config.vi_iterations)
     probe, probe_bytes = bandwidth_probe(config.bandwidth_mib * 2**20)
-    ms = time_interleaved(
+    ms = median_ms(
         {"soft_vi": lambda: solve(reward, transitions), "probe": probe},
         repeats=config.vi_repeats,
         warmup=1,
@@ -290,6 +291,4 @@ def main(config: Config) -> dict:
 
 
 if __name__ == "__main__":
-    import tyro
-
-    print(json.dumps(main(tyro.cli(Config)), indent=2))
+    cli(main, Config, description=__doc__.splitlines()[0])

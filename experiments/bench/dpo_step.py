@@ -68,12 +68,10 @@ with `torch.set_num_threads(os.cpu_count())`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from typing import Literal
 
@@ -82,6 +80,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from experiments.bench._timing import best_time, cli, time_interleaved
 from jaxpref.models import ModelConfig, Transformer, preset, to_hf
 from jaxpref.train import (
     OptimizerConfig,
@@ -105,12 +104,19 @@ class Shape:
     """Model and batch shape; None takes the preset's value."""
 
     num_layers: int | None = None
+    """Transformer layers."""
     d_model: int | None = None
+    """Model width."""
     num_heads: int | None = None
+    """Attention heads."""
     vocab_size: int | None = None
+    """Vocabulary size (its last token is EOS)."""
     pairs: int | None = None
+    """Preference pairs per step (2 * pairs rows)."""
     prompt_len: int | None = None
+    """Prompt tokens per row."""
     completion_len: int | None = None
+    """Completion tokens per row."""
 
 
 PRESET_SHAPES = {
@@ -124,19 +130,33 @@ class Config:
     """Benchmark settings."""
 
     preset: Literal["tiny", "gpt2-124m"] = "tiny"
+    """Model and batch shape: 'tiny' (CPU) or 'gpt2-124m' (GPT-2 small, for a GPU)."""
     shape: Shape = Shape()
+    """Fields of the preset's shape to override."""
     dtype: Literal["float32", "bfloat16"] = "float32"
+    """Compute dtype (parameters stay float32)."""
     logps: Literal["auto", "logits", "chunked"] = "auto"
+    """Log-prob path: 'auto' (plain logits up to 256 MiB of fp32 logits, else chunked)."""
     beta: float = 0.1
+    """DPO beta."""
     learning_rate: float = 1e-4
+    """AdamW learning rate (both implementations)."""
     warmup_steps: int = 3
+    """Untimed steps of every variant before the timed windows."""
     windows: int = 10
+    """Timed rounds; each times `steps_per_window` consecutive steps of every variant in turn."""
     steps_per_window: int = 3
-    torch: bool = True  # also time TRL's DPOTrainer (needs torch, transformers, trl)
+    """Consecutive steps per timed window."""
+    torch: bool = True
+    """Also time TRL's DPOTrainer (needs torch, transformers, trl)."""
     matmul_sizes: tuple[int, ...] = (256, 512, 1024, 1536, 2048)
+    """Sizes n of the square matmuls timed for the matmul peak."""
     matmul_repeats: int = 10
-    gemm_repeats: int = 10  # timings of the GEMM-only program (best taken)
+    """Timings per matmul size (best taken)."""
+    gemm_repeats: int = 10
+    """Timings of the GEMM-only program (best taken)."""
     seed: int = 0
+    """Seed of the model's parameters and of the batch."""
 
     @property
     def resolved_shape(self) -> Shape:
@@ -268,18 +288,7 @@ def time_gemms(gemms, dtype, *, repeats: int, seed: int = 0) -> float:
 
 
 # ------------------------------------------------------------------------------------------------
-# Timing helpers
-
-
-def best_time(fn: Callable, *args, repeats: int) -> float:
-    """Best seconds of `repeats` calls of `fn(*args)` (results ready), after one warm-up call."""
-    jax.block_until_ready(fn(*args))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - start)
-    return best
+# Matmul peak
 
 
 def matmul_peak(sizes, dtype, *, repeats: int) -> dict:
@@ -292,18 +301,6 @@ def matmul_peak(sizes, dtype, *, repeats: int) -> dict:
         best = best_time(jax.jit(lambda x, y: x @ y), a, b, repeats=repeats)
         out[n] = 2 * n**3 / best / 1e9
     return out
-
-
-def time_interleaved(steps: dict[str, Callable[[], None]], *, windows: int, per_window: int):
-    """Seconds per step of each window of `per_window` calls, variants timed in turn."""
-    samples = {name: [] for name in steps}
-    for _ in range(windows):
-        for name, fn in steps.items():
-            start = time.perf_counter()
-            for _ in range(per_window):
-                fn()
-            samples[name].append((time.perf_counter() - start) / per_window)
-    return samples
 
 
 # ------------------------------------------------------------------------------------------------
@@ -510,7 +507,7 @@ def main(config: Config) -> dict:
     def jax_step(kind):
         def run():
             jx["states"][kind], _ = jx["step"](jx["states"][kind], jx["batches"][kind])
-            jax.block_until_ready(jx["states"][kind])
+            return jx["states"][kind]  # the timing waits for it
 
         return run
 
@@ -530,11 +527,11 @@ def main(config: Config) -> dict:
         if trl is not None:
             timed["torch_trl_live"] = trl["steps"]["live"]
             timed["torch_trl_cached"] = trl["steps"]["cached"]
-        for fn in timed.values():
-            for _ in range(config.warmup_steps):
-                fn()
         samples = time_interleaved(
-            timed, windows=config.windows, per_window=config.steps_per_window
+            timed,
+            rounds=config.windows,
+            warmup=config.warmup_steps,
+            calls=config.steps_per_window,
         )
     peak_end = matmul_peak(
         config.matmul_sizes, cfg.compute_jnp_dtype, repeats=config.matmul_repeats
@@ -645,6 +642,4 @@ def main(config: Config) -> dict:
 
 
 if __name__ == "__main__":
-    import tyro
-
-    print(json.dumps(main(tyro.cli(Config)), indent=2))
+    cli(main, Config, description=__doc__.splitlines()[0])

@@ -57,18 +57,46 @@ Prints one JSON object.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import gc
-import json
-import resource
 import statistics
-import subprocess
-import sys
 import time
 import warnings
+from typing import Literal
+
+from experiments.bench._timing import (
+    balanced_orders,
+    baseline_peak_rss_mib,
+    cli,
+    peak_rss_mib,
+    run_in_worker,
+    time_interleaved,
+)
 
 METHODS = ("implicit", "unrolled", "jaxopt", "jaxopt_unrolled")
 PROBLEMS = ("ridge", "logistic")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Problem sizes, step counts and repeats of the hypergradient benchmark."""
+
+    n: int = 500
+    """Training rows (and as many validation rows)."""
+    d: int = 100
+    """Features."""
+    steps: tuple[int, ...] = (100, 1000, 10000)
+    """Inner gradient-descent steps N, one measurement each."""
+    problems: tuple[Literal["ridge", "logistic"], ...] = PROBLEMS
+    """Inner problems."""
+    repeats: int = 7
+    """Timed steady-state rounds per method, at least."""
+    builds: int = 8
+    """Timed fresh builds (trace, lower, compile, first run) per method."""
+    min_time: float = 1.0
+    """Seconds of timed steady-state calls per method, at least (up to 200 rounds)."""
+    jaxopt_unrolled_max_steps: int = 1000
+    """Skip jaxopt_unrolled above this many steps (it stores ~n*d floats per step)."""
 
 
 def make_problem(problem: str, n: int, d: int, seed: int = 0):
@@ -157,37 +185,12 @@ def make_hypergradient(method: str, problem: str, steps: int, n: int, d: int):
     return jax.jit(jax.value_and_grad(total)), lam
 
 
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def _import_all():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import jaxopt  # noqa: F401
 
     import jaxpref.solvers  # noqa: F401
-
-
-def balanced_orders(items) -> list[list]:
-    """Orders of `items` in which every item directly follows every other one equally often.
-
-    A Williams design: row `r` is `r, r+1, r-1, r+2, r-2, ...` (mod `k`), then the same rows
-    reversed, in reverse order (needed for odd `k`; for any `k` it also spreads the pairs formed
-    across consecutive rows). Cycling through the rows balances first-order carry-over effects
-    (one configuration slowing down whatever runs right after it), which rotating a single order
-    does not: a rotation keeps every item's predecessor the same.
-    """
-    k = len(items)
-    first, lo, hi = [0], 1, k - 1
-    while len(first) < k:
-        first.append(lo)
-        lo += 1
-        if len(first) < k:
-            first.append(hi)
-            hi -= 1
-    rows = [[items[(r + i) % k] for i in first] for r in range(k)]
-    return rows + [row[::-1] for row in reversed(rows)]
 
 
 def _first_call(method, problem, steps, n, d):
@@ -221,7 +224,6 @@ def run_timing(
     min_time_s: float = 0.0,
 ) -> dict:
     """Interleaved compile and run timings of `methods` in this process (module docstring)."""
-    import jax
 
     _import_all()
     methods = list(methods)
@@ -237,19 +239,16 @@ def run_timing(
             firsts[m].append(first)
             stages[m].append(stage)
             fns[m] = (fn, lam, value, grad)
-    times = {m: [] for m in methods}
-    rounds = 0
-    # At least `repeats` rounds, and more (up to 200) until every method has run for `min_time_s`.
-    while rounds < repeats or (
-        rounds < 200 and repeats > 0 and min(sum(t) for t in times.values()) < min_time_s
-    ):
-        for m in orders[rounds % len(orders)]:
-            fn, lam = fns[m][:2]
-            jax.block_until_ready(fn(lam))  # untimed: absorbs the previous method's after-effects
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn(lam))
-            times[m].append(time.perf_counter() - t0)
-        rounds += 1
+    # Each timed call follows an untimed call of the same method, which absorbs the previous
+    # method's after-effects.
+    times = time_interleaved(
+        {m: (lambda fn=fns[m][0], lam=fns[m][1]: fn(lam)) for m in methods},
+        rounds=repeats,
+        settle=1,
+        orders=orders,
+        min_time_s=min_time_s,
+        max_rounds=200,
+    )
     out = {}
     for m in methods:
         fn, lam, value, grad = fns[m]
@@ -269,20 +268,18 @@ def run_timing(
 def run_memory(method: str, problem: str, steps: int, *, n: int, d: int) -> dict:
     """Peak RSS and compiled scratch memory of one configuration in this process."""
     import jax
-    import jax.numpy as jnp
 
     _import_all()
     if method == "baseline":
         make_problem(problem, n, d)
-        jax.block_until_ready(jax.jit(lambda x: x + 1.0)(jnp.ones(3)))
-        return {"method": method, "peak_rss_mib": _peak_rss_mib(), "temp_mib": None}
+        return {"method": method, "peak_rss_mib": baseline_peak_rss_mib(), "temp_mib": None}
     fn, lam = make_hypergradient(method, problem, steps, n, d)
     compiled = fn.lower(lam).compile()
     jax.block_until_ready(compiled(lam))
     stats = compiled.memory_analysis()
     return {
         "method": method,
-        "peak_rss_mib": _peak_rss_mib(),
+        "peak_rss_mib": peak_rss_mib(),
         "temp_mib": None if stats is None else stats.temp_size_in_bytes / 2**20,
     }
 
@@ -291,32 +288,39 @@ def _methods_for(steps: int, jaxopt_unrolled_max_steps: int) -> list[str]:
     return [m for m in METHODS if m != "jaxopt_unrolled" or steps <= jaxopt_unrolled_max_steps]
 
 
-def _spawn(worker: str, problem: str, steps: int, args) -> dict:
-    cmd = [
-        sys.executable,
-        "-m",
-        "experiments.bench.implicit",
-        "--worker",
-        worker,
-        "--problems",
-        problem,
-        "--steps",
-        str(steps),
-        "--n",
-        str(args.n),
-        "--d",
-        str(args.d),
-        "--repeats",
-        str(args.repeats),
-        "--builds",
-        str(args.builds),
-        "--min-time",
-        str(args.min_time),
-        "--jaxopt-unrolled-max-steps",
-        str(args.jaxopt_unrolled_max_steps),
-    ]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def run_worker(
+    worker: str,
+    problem: str,
+    steps: int,
+    *,
+    n: int,
+    d: int,
+    repeats: int,
+    builds: int,
+    min_time_s: float,
+    jaxopt_unrolled_max_steps: int,
+) -> dict:
+    """One worker process's measurement: 'timing', or the memory of 'baseline' or a method."""
+    import jax
+
+    # Every build must really compile: no persistent compilation cache (which an environment
+    # variable could enable), since the fresh builds of one method produce identical programs.
+    jax.config.update("jax_enable_compilation_cache", False)
+    if worker == "timing":
+        methods = _methods_for(steps, jaxopt_unrolled_max_steps)
+        return run_timing(
+            problem, steps, methods, n=n, d=d, repeats=repeats, builds=builds, min_time_s=min_time_s
+        )
+    return run_memory(worker, problem, steps, n=n, d=d)
+
+
+def _spawn(worker: str, problem: str, steps: int, c: Config) -> dict:
+    """`run_worker` in a fresh process (see `run_in_worker`)."""
+    return run_in_worker(
+        run_worker, worker=worker, problem=problem, steps=steps, n=c.n, d=c.d,
+        repeats=c.repeats, builds=c.builds, min_time_s=c.min_time,
+        jaxopt_unrolled_max_steps=c.jaxopt_unrolled_max_steps,
+    )  # fmt: skip
 
 
 def _ratio(a, b, digits=3):
@@ -422,56 +426,15 @@ def summarise(timing: dict, memory: dict, baseline_mib: float, steps: list[int])
     return {"by_method": table, "checks": checks, "meets_targets": meets}
 
 
-def main(argv=None) -> dict:
-    """Spawns the timing and memory subprocesses and prints the comparison as JSON."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=500)
-    p.add_argument("--d", type=int, default=100)
-    p.add_argument("--steps", type=int, nargs="+", default=[100, 1000, 10000])
-    p.add_argument("--problems", nargs="+", choices=PROBLEMS, default=list(PROBLEMS))
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--builds", type=int, default=8)
-    p.add_argument(
-        "--min-time", type=float, default=1.0, help="seconds of timed calls per method, at least"
-    )
-    p.add_argument(
-        "--jaxopt-unrolled-max-steps",
-        type=int,
-        default=1000,
-        help="skip jaxopt_unrolled above this many steps (it stores ~n*d floats per step)",
-    )
-    p.add_argument("--worker", default=None, help="internal: 'timing', 'baseline' or a method")
-    args = p.parse_args(argv)
-    problem, steps = args.problems[0], args.steps[0]
-    if args.worker:
-        import jax
-
-        # Every build must really compile: no persistent compilation cache (which an environment
-        # variable could enable), since the fresh builds of one method produce identical programs.
-        jax.config.update("jax_enable_compilation_cache", False)
-    if args.worker == "timing":
-        res = run_timing(
-            problem,
-            steps,
-            _methods_for(steps, args.jaxopt_unrolled_max_steps),
-            n=args.n,
-            d=args.d,
-            repeats=args.repeats,
-            builds=args.builds,
-            min_time_s=args.min_time,
-        )
-        print(json.dumps(res))
-        return res
-    if args.worker:
-        res = run_memory(args.worker, problem, steps, n=args.n, d=args.d)
-        print(json.dumps(res))
-        return res
+def main(config: Config) -> dict:
+    """Spawns the timing and memory workers and returns the comparison."""
     import jax
 
+    steps = list(config.steps)
     result = {
         "benchmark": "implicit_vs_unrolled_hypergradient",
-        "shape": {"n": args.n, "d": args.d},
-        "steps": args.steps,
+        "shape": {"n": config.n, "d": config.d},
+        "steps": steps,
         "device": str(jax.devices()[0].platform),
         "memory_measures": {
             "temp_mib": "XLA compiled memory analysis, temp_size_in_bytes",
@@ -479,21 +442,20 @@ def main(argv=None) -> dict:
         },
         "problems": {},
     }
-    for problem in args.problems:
-        timing = {s: _spawn("timing", problem, s, args) for s in args.steps}
-        base = _spawn("baseline", problem, args.steps[0], args)
+    for problem in config.problems:
+        timing = {s: _spawn("timing", problem, s, config) for s in steps}
+        base = _spawn("baseline", problem, steps[0], config)
         memory = {
-            (m, s): _spawn(m, problem, s, args)
-            for s in args.steps
-            for m in _methods_for(s, args.jaxopt_unrolled_max_steps)
+            (m, s): _spawn(m, problem, s, config)
+            for s in steps
+            for m in _methods_for(s, config.jaxopt_unrolled_max_steps)
         }
         result["problems"][problem] = {
             "baseline_peak_rss_mib": round(base["peak_rss_mib"], 1),
-            **summarise(timing, memory, base["peak_rss_mib"], args.steps),
+            **summarise(timing, memory, base["peak_rss_mib"], steps),
         }
-    print(json.dumps(result, indent=2))
     return result
 
 
 if __name__ == "__main__":
-    main()
+    cli(main, Config, description=__doc__.splitlines()[0])
