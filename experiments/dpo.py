@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
 import pathlib
 import sys
@@ -137,49 +136,6 @@ class SFTSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class LossSpec:
-    """The preference loss.
-
-    Args:
-      name: a `jaxpref.losses` registry name ("sigmoid" is DPO; "ipo", "hinge", "simpo", ...).
-      beta: inverse temperature of the implicit reward.
-      hparams: further loss hyperparameters as `key=value` (e.g. `label_smoothing=0.1`,
-        `alpha=0.25` for AlphaPO).
-    """
-
-    name: str = "sigmoid"
-    beta: float = 0.1
-    hparams: tuple[str, ...] = ()
-
-    def parsed_hparams(self) -> dict[str, Any]:
-        """`hparams` as a dict of numbers / booleans, checked against the loss's signature."""
-        try:
-            info = jl.info(self.name)
-        except KeyError as err:
-            raise kit.ConfigError(f"--loss.name: {err.args[0]}") from None
-        out: dict[str, Any] = {}
-        for item in self.hparams:
-            key, sep, value = item.partition("=")
-            key = key.strip().replace("-", "_")
-            if not sep or not key:
-                raise kit.ConfigError(f"--loss.hparams: expected key=value, got {item!r}.")
-            if key == "beta":
-                raise kit.ConfigError("--loss.hparams: set beta with --loss.beta.")
-            if key not in info.hyperparameters:
-                known = sorted(k for k in info.hyperparameters if k != "beta")
-                raise kit.ConfigError(f"--loss.hparams: loss {self.name!r} has no "
-                                      f"hyperparameter {key!r}; it takes {known}.")  # fmt: skip
-            out[key] = _parse_value(value.strip())
-        required = inspect.Parameter.empty
-        missing = [k for k, v in info.hyperparameters.items()
-                   if v is required and k not in out and k != "beta"]  # fmt: skip
-        if missing:
-            raise kit.ConfigError(f"--loss.hparams: loss {self.name!r} requires {missing}; "
-                                  f"pass e.g. --loss.hparams {missing[0]}=...")  # fmt: skip
-        return out
-
-
-@dataclasses.dataclass(frozen=True)
 class Config:
     """The experiment: where it writes, what it trains on, and one config per concern.
 
@@ -190,7 +146,8 @@ class Config:
       model: the network.
       data: a real preference file instead of the synthetic task.
       sft: supervised fine-tuning of the reference.
-      loss: the preference loss.
+      loss: the preference loss (`--loss.name`) and its hyperparameters (`--loss.beta`,
+        `--loss.label-smoothing`, ...; a hyperparameter the loss does not take is an error).
       compare: a second registry loss (same beta, default hyperparameters) trained on the same
         pairs from the same reference, reported beside the first (e.g. "ipo").
       batch_size: preference pairs per DPO step.
@@ -216,7 +173,7 @@ class Config:
     model: ModelSpec = ModelSpec()
     data: DataSpec = DataSpec()
     sft: SFTSpec = SFTSpec()
-    loss: LossSpec = LossSpec(beta=0.5)
+    loss: jl.LossConfig = jl.LossConfig(beta=0.5)
     compare: str | None = None
     batch_size: int = 64
     reference: Literal["live", "cached"] = "live"
@@ -240,32 +197,24 @@ class Config:
         return self.model.hf_path is None if self.sft.mode == "auto" else self.sft.mode == "on"
 
 
-def _parse_value(text: str):
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    raise kit.ConfigError(f"--loss.hparams: {text!r} is not a number or a boolean.")
-
-
-def _validate(config: Config) -> dict:
+def _validate(config: Config) -> None:
     """Checks the configuration and the input paths before anything is written."""
-    hparams = config.loss.parsed_hparams()
     fail = kit.ConfigError
+    try:
+        config.loss.hyperparameters()
+    except KeyError as err:
+        raise fail(f"--loss.name: {err.args[0]}") from None
+    except ValueError as err:
+        raise fail(f"--loss: {err}") from None
     if config.compare is not None:
         try:
-            info = jl.info(config.compare)
+            _compare_loss(config).hyperparameters()
         except KeyError as err:
             raise fail(f"--compare: {err.args[0]}") from None
-        if any(v is inspect.Parameter.empty for v in info.hyperparameters.values()):
-            raise fail(f"--compare {config.compare}: the loss has required hyperparameters.")
+        except ValueError as err:
+            raise fail(f"--compare {config.compare}: {err}") from None
     if config.batch_size <= 0:
         raise fail(f"--batch-size must be positive, got {config.batch_size}.")
-    if not config.loss.beta > 0:
-        raise fail(f"--loss.beta must be positive, got {config.loss.beta}.")
     accum = config.loop.accum_steps
     if config.batch_size % accum:
         raise fail(f"--batch-size {config.batch_size} is not divisible into "
@@ -289,7 +238,7 @@ def _validate(config: Config) -> dict:
                        "vocabulary).")  # fmt: skip
         if not config.run_sft:
             raise fail("the synthetic task needs the SFT stage (--sft.mode auto or on).")
-        return hparams
+        return
     if config.reference == "cached":
         raise fail("--reference cached is available on the synthetic task; with real data "
                    "build a jaxpref.data.RefLogprobCache with the dataset.")  # fmt: skip
@@ -302,7 +251,6 @@ def _validate(config: Config) -> dict:
                    "tokenizer.json).")  # fmt: skip
     if not pathlib.Path(_tokenizer_path(config)).is_file():
         raise kit.InputError(f"--data.tokenizer: no tokenizer file at {_tokenizer_path(config)!r}.")
-    return hparams
 
 
 # ------------------------------------------------------------------------------------------
@@ -331,7 +279,7 @@ def run_sft(config: Config, model, batches, stage_dir: pathlib.Path, mesh=None, 
 
 
 def train_and_summarise(
-    config: Config, model_def, ref_params, batches, run: kit.RunDir, hparams, evaluator, *,
+    config: Config, model_def, ref_params, batches, run: kit.RunDir, evaluator, *,
     inputs, stage="dpo", **mesh
 ) -> tuple[dict, Any, list, list]:  # fmt: skip
     """Runs (or resumes) one DPO stage, evaluates the final policy and summarises it.
@@ -347,8 +295,8 @@ def train_and_summarise(
     kit.guard_inputs(stage_dir, train_config.checkpoint_dir, inputs)
     with run.phase(stage):
         result = lm.train_preference(
-            model_def, ref_params, batches, train_config, loss=config.loss.name,
-            beta=config.loss.beta, hparams=hparams, reference=config.reference,
+            model_def, ref_params, batches, train_config, loss=config.loss,
+            reference=config.reference,
             seed=config.loop.seed, evaluator=evaluator,
             extra_config={"stage": "dpo", "experiment": config_to_dict(config)}, **mesh,
         )  # fmt: skip
@@ -387,18 +335,18 @@ def train_and_summarise(
 
 def main(config: Config) -> kit.Report:
     """Runs (or resumes) the experiment; writes and returns the report."""
-    hparams = _validate(config)
+    _validate(config)
     real = None if config.synthetic else _load_real(config)  # reads and checks; writes nothing
     run = kit.open_run_dir(config.out, config, experiment="dpo", force=config.force)
     run.log(f"run directory: {run.path.resolve()}")
     if real is None:
-        results = _main_synthetic(config, run, hparams)
+        results = _main_synthetic(config, run)
     else:
-        results = _main_real(config, run, hparams, *real)
+        results = _main_real(config, run, *real)
     return run.finish(results, _markdown(config, run.path, results))
 
 
-def _main_synthetic(config: Config, run: kit.RunDir, hparams: Mapping) -> dict:
+def _main_synthetic(config: Config, run: kit.RunDir) -> dict:
     mesh, rules = kit.mesh_for(config.sharding)
     t = config.task
     data = lm.TokenTaskData(t, config.sft.batch_size)
@@ -450,7 +398,7 @@ def _main_synthetic(config: Config, run: kit.RunDir, hparams: Mapping) -> dict:
             f"{config.batch_size} pairs, reference {config.reference}")  # fmt: skip
     inputs = {"reference_fingerprint": ref_fp, "pairs_fingerprint": params_fingerprint(stored)}
     summary, params, trains, evals = train_and_summarise(
-        config, model_def, ref_params, batches(), run, hparams, evaluator,
+        config, model_def, ref_params, batches(), run, evaluator,
         inputs=inputs, mesh=mesh, rules=rules,
     )  # fmt: skip
     optimum = lm.token_task_optimum(data, beta, eval_pairs)
@@ -469,7 +417,7 @@ def _main_synthetic(config: Config, run: kit.RunDir, hparams: Mapping) -> dict:
         "token_credit_spearman_ge_0.3": results["token_credit_spearman"] >= 0.3,
     }
     if config.compare is not None:
-        other = dataclasses.replace(config, loss=LossSpec(name=config.compare, beta=beta))
+        other = dataclasses.replace(config, loss=_compare_loss(config))
         run.log(f"comparison: {config.compare} on the same pairs")
         cmp, *_ = train_and_summarise(other, model_def, ref_params, batches(), run, {}, evaluator,
                                       inputs=inputs, stage=f"compare_{config.compare}",
@@ -486,6 +434,11 @@ def _main_synthetic(config: Config, run: kit.RunDir, hparams: Mapping) -> dict:
             f"win rate {results['win_rate_vs_ref']:.3f}, KL {results['kl_to_ref']:.3f}, token "
             f"credit spearman {results['token_credit_spearman']:.3f}")  # fmt: skip
     return results
+
+
+def _compare_loss(config: Config) -> jl.LossConfig:
+    """The `--compare` loss: same beta, the loss's default hyperparameters."""
+    return jl.LossConfig(name=config.compare, beta=config.loss.beta)
 
 
 def _gap_closed(summary: Mapping, exact: Mapping) -> float:
@@ -553,7 +506,7 @@ def _load_real(config: Config):
     return tokenizer, model, read_report, train_records, eval_records
 
 
-def _main_real(config: Config, run: kit.RunDir, hparams: Mapping, tokenizer, model, read_report,
+def _main_real(config: Config, run: kit.RunDir, tokenizer, model, read_report,
                train_records, eval_records) -> dict:  # fmt: skip
     from jaxpref.data import ReadReport, TokenizeConfig, preference_pipeline
 
@@ -595,7 +548,7 @@ def _main_real(config: Config, run: kit.RunDir, hparams: Mapping, tokenizer, mod
               "data_sha256": kit.file_sha256(d.path),
               "data": json.dumps(config_to_dict(d), sort_keys=True)}  # fmt: skip
     summary, _, trains, evals = train_and_summarise(
-        config, model_def, ref_params, batches, run, hparams, evaluator,
+        config, model_def, ref_params, batches, run, evaluator,
         inputs=inputs, mesh=mesh, rules=rules,
     )  # fmt: skip
     skipped = {**read_report.skipped, **tok_report.skipped}

@@ -21,6 +21,7 @@ import numpy as np
 from jaxpref import decode
 from jaxpref.data import synthetic
 from jaxpref.experiment._stats import spearman
+from jaxpref.losses import LossConfig
 from jaxpref.train import (
     IndexedIterator,
     TrainConfig,
@@ -549,9 +550,7 @@ def train_preference(
     batches,
     config: TrainConfig,
     *,
-    loss: str,
-    beta: float,
-    hparams: dict[str, Any],
+    loss: LossConfig,
     reference: str,
     seed: int,
     evaluator: Callable | None = None,
@@ -570,9 +569,7 @@ def train_preference(
       batches: an iterator of `[2B, T]` pair batches (cached reference log-probs included when
         `reference` is "cached").
       config: the stage's `TrainConfig`.
-      loss: a `jaxpref.losses` registry name.
-      beta: the loss's inverse temperature.
-      hparams: further hyperparameters of the loss.
+      loss: the loss and its hyperparameters.
       reference: "live" (reference forward pass each step) or "cached".
       seed: seed of the train state.
       evaluator: `params -> metrics`, run every `config.loop.eval_every` steps.
@@ -583,10 +580,8 @@ def train_preference(
     Returns:
       The `jaxpref.train.TrainResult`.
     """
-    import jaxpref.losses as jl
-
     tx = config.optimizer.build(config.loop.steps)
-    needs_ref = jl.info(loss).needs_reference or config.ref_sync.enabled
+    needs_ref = loss.info.needs_reference or config.ref_sync.enabled
     model_def, state, sharding = create_train_state(
         model_def.merge(ref_params),
         tx,
@@ -595,7 +590,7 @@ def train_preference(
         mesh=mesh,
         rules=rules,
     )
-    objective = make_preference_objective(model_def, loss, beta=beta, **hparams)
+    objective = make_preference_objective(model_def, loss)
     step = jit_step(
         make_step(objective, tx, **config.step_options()),
         state_sharding=sharding,

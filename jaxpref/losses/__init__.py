@@ -1,8 +1,9 @@
 """Preference objectives as pure functions on arrays.
 
 Per-example atoms return unreduced values (`[B]` per pair, or `[B, T]` per token); objectives
-return `(scalar, Aux)`. The registry (`names`, `get`, `info`, `call`, `register`) maps TRL's
-`loss_type` names (and a few more) to functions for configs and command lines. Nothing here imports
+return `(scalar, Aux)`. The registry (`names`, `get`, `info`, `call`, `register`, `resolve`)
+maps TRL's `loss_type` names (and a few more) to functions, and `LossConfig` is the typed choice
+of a loss and its hyperparameters that configs and command lines hold. Nothing here imports
 Flax, orbax, grain or tfds.
 """
 
@@ -70,12 +71,14 @@ from jaxpref.losses._reference_free import (
     simpo_loss,
 )
 from jaxpref.losses._registry import (
+    LossConfig,
     LossInfo,
     call,
     get,
     info,
     names,
     register,
+    resolve,
 )
 from jaxpref.losses._reward_model import (
     bradley_terry_loss,
@@ -99,6 +102,7 @@ from jaxpref.losses._unpaired import (
 
 __all__ = [
     "CplAux",
+    "LossConfig",
     "LossInfo",
     "PreferenceAux",
     "SoftConfusionMatrix",
@@ -155,6 +159,7 @@ __all__ = [
     "preference_objective",
     "ranking_hinge_loss",
     "register",
+    "resolve",
     "reverse_kl_link",
     "robust_dpo_loss",
     "rto_token_rewards",

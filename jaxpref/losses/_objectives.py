@@ -123,13 +123,6 @@ def _pair_mask(fn, mask, chosen_logps):
     return mask.astype(jnp.float32)
 
 
-def _loss_hparams(record, beta, hparams):
-    kwargs = {k: v for k, v in hparams.items() if k in record.hyperparameters}
-    if "beta" in record.hyperparameters:
-        kwargs["beta"] = beta
-    return kwargs
-
-
 def preference_objective(
     loss: str | Callable,
     chosen_logps,
@@ -185,17 +178,17 @@ def preference_objective(
       0.6437 0.5
     """
     fn = "preference_objective"
-    record = _registry._info_for(loss)
+    record = _registry.resolve(loss)
     _check_batch(fn, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, weights)
-    per_pair = _registry._invoke(
+    per_pair = _registry.call(
         record,
         chosen_logps,
         rejected_logps,
         ref_chosen_logps,
         ref_rejected_logps,
-        chosen_lengths,
-        rejected_lengths,
-        {**hparams, **_loss_hparams(record, beta, {})},
+        chosen_lengths=chosen_lengths,
+        rejected_lengths=rejected_lengths,
+        **{**hparams, **record.select(beta, {})},
     )
     mask = _pair_mask(fn, mask, chosen_logps)
     value = _weighted_mean(per_pair, weights, mask)
@@ -274,7 +267,7 @@ def multi_objective(
             raise ValueError(
                 f"{fn}: each `spec` entry must be a (loss, weight) pair, got {item!r}."
             )
-        records.append((_registry._info_for(item[0]), item[1]))
+        records.append((_registry.resolve(item[0]), item[1]))
     accepted = set().union(*(set(r.hyperparameters) for r, _ in records))
     unknown = sorted(set(hparams) - accepted)
     if unknown:
@@ -286,15 +279,15 @@ def multi_objective(
     mask = _pair_mask(fn, mask, chosen_logps)
     total = jnp.zeros((), jnp.float32)
     for record, weight in records:
-        per_pair = _registry._invoke(
+        per_pair = _registry.call(
             record,
             chosen_logps,
             rejected_logps,
             ref_chosen_logps,
             ref_rejected_logps,
-            chosen_lengths,
-            rejected_lengths,
-            _loss_hparams(record, beta, hparams),
+            chosen_lengths=chosen_lengths,
+            rejected_lengths=rejected_lengths,
+            **record.select(beta, hparams),
         )
         total = total + weight * _weighted_mean(per_pair, weights, mask)
     aux = _aux(

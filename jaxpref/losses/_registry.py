@@ -7,16 +7,17 @@ one needs from the caller. Library code and notebooks should call the functions 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
 
 from jaxpref.losses import _pairwise, _reference_free
 
-__all__ = ["LossInfo", "call", "get", "info", "names", "register"]
+__all__ = ["LossConfig", "LossInfo", "call", "get", "info", "names", "register", "resolve"]
 
 _LENGTH_ARGS = ("chosen_lengths", "rejected_lengths")
 
@@ -47,6 +48,22 @@ class LossInfo(NamedTuple):
     needs_lengths: bool
     margin_based: bool
     hyperparameters: dict[str, Any]
+
+    def select(self, beta: float, hparams: Mapping[str, Any]) -> dict[str, Any]:
+        """The keyword arguments of this loss among shared hyperparameters and `beta`.
+
+        Args:
+          beta: the shared inverse temperature (passed if the loss takes `beta`).
+          hparams: hyperparameters shared by several losses; those this loss does not take
+            are left out.
+
+        Returns:
+          name -> value for this loss.
+        """
+        kwargs = {k: v for k, v in hparams.items() if k in self.hyperparameters}
+        if "beta" in self.hyperparameters:
+            kwargs["beta"] = beta
+        return kwargs
 
 
 _REGISTRY: dict[str, LossInfo] = {}
@@ -205,8 +222,30 @@ def register(
     return record
 
 
-def _info_for(loss: str | Callable) -> LossInfo:
-    """Registered `LossInfo` for a name or a registered function; inferred for other callables."""
+def resolve(loss: str | Callable | LossInfo) -> LossInfo:
+    """The `LossInfo` of a registry name, a registered function, or any loss function.
+
+    For an unregistered function it is inferred from the signature: it needs reference
+    log-probs if it takes at least four positional arguments, and its keyword-only parameters
+    are its hyperparameters.
+
+    Args:
+      loss: a registry name, a loss function, or a `LossInfo` (returned as is).
+
+    Returns:
+      The `LossInfo`.
+
+    Raises:
+      KeyError: an unknown name (with the closest registered one).
+      TypeError: `loss` is neither a name nor a callable.
+
+    Example:
+      >>> from jaxpref.losses import resolve
+      >>> resolve(lambda c, r, *, beta=0.1: c - r).needs_reference
+      False
+    """
+    if isinstance(loss, LossInfo):
+        return loss
     if isinstance(loss, str):
         return info(loss)
     if not callable(loss):
@@ -278,7 +317,7 @@ def _invoke(
 
 
 def call(
-    name: str,
+    name: str | Callable | LossInfo,
     chosen_logps,
     rejected_logps,
     ref_chosen_logps=None,
@@ -294,7 +333,7 @@ def call(
     signature has them. Hyperparameters not given keep the function's defaults.
 
     Args:
-      name: registry name.
+      name: registry name (or, as `resolve` takes them, a loss function or a `LossInfo`).
       chosen_logps: `[B]` summed log-probs of the chosen completions under the policy.
       rejected_logps: `[B]` summed log-probs of the rejected completions under the policy.
       ref_chosen_logps: `[B]` summed reference log-probs of the chosen completions, or None.
@@ -320,7 +359,7 @@ def call(
       0.3133
     """
     return _invoke(
-        info(name),
+        resolve(name),
         chosen_logps,
         rejected_logps,
         ref_chosen_logps,
@@ -372,3 +411,77 @@ def _register_builtins() -> None:
 
 
 _register_builtins()
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """A registered pairwise loss and its hyperparameters, as a config or command line holds it.
+
+    One field per keyword hyperparameter of the registered losses (the union of
+    `info(name).hyperparameters` over `names()`, scalar ones only); a field left at None keeps
+    the loss's own default, and setting one the chosen loss does not take is an error. A loss
+    registered later with a hyperparameter outside these fields is called directly or through
+    `call`.
+
+    Args:
+      name: registry name ("sigmoid" is DPO; "ipo", "hinge", "simpo", ...).
+      beta: inverse temperature (passed to every loss that takes one; scales implicit rewards).
+      label_smoothing: label noise of cDPO / robust / EXO / AOT / SimPO / CPO.
+      discopop_tau: temperature of DiscoPOP's mixing of logistic and exponential losses.
+      simpo_gamma: SimPO / AlphaPO target reward margin.
+      alpha: AlphaPO's reward-shape exponent (required by alphapo), CPO's NLL weight.
+      cpo_alpha: weight of CPO's NLL term on the chosen completion.
+
+    Example:
+      >>> from jaxpref.losses import LossConfig
+      >>> LossConfig("robust", beta=0.2, label_smoothing=0.1).hyperparameters()
+      {'label_smoothing': 0.1, 'beta': 0.2}
+      >>> LossConfig("ipo", simpo_gamma=1.0).hyperparameters()
+      Traceback (most recent call last):
+      ...
+      ValueError: loss 'ipo' has no hyperparameter 'simpo_gamma'; it takes ['beta'].
+    """
+
+    name: str = "sigmoid"
+    beta: float = 0.1
+    label_smoothing: float | None = None
+    discopop_tau: float | None = None
+    simpo_gamma: float | None = None
+    alpha: float | None = None
+    cpo_alpha: float | None = None
+
+    @property
+    def info(self) -> LossInfo:
+        """The registry's `LossInfo` of `name` (KeyError with a suggestion if unknown)."""
+        return info(self.name)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The keyword arguments of the loss: every field set (not None), and `beta`.
+
+        Returns:
+          name -> value, ready for `call(name, ..., **kwargs)`.
+
+        Raises:
+          KeyError: unknown loss name.
+          ValueError: a set field the loss does not take, a non-positive `beta`, or a
+            required hyperparameter left unset.
+        """
+        record = self.info
+        takes = record.hyperparameters
+        out: dict[str, Any] = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name in ("name", "beta") or value is None:
+                continue
+            if field.name not in takes:
+                known = sorted(takes)
+                raise ValueError(
+                    f"loss {self.name!r} has no hyperparameter {field.name!r}; it takes {known}."
+                )
+            out[field.name] = value
+        if not self.beta > 0:
+            raise ValueError(f"loss {self.name!r}: beta must be positive, got {self.beta}.")
+        missing = [k for k, v in takes.items() if v is inspect.Parameter.empty and k not in out]
+        if missing:
+            raise ValueError(f"loss {self.name!r} requires {missing} (no default).")
+        return record.select(self.beta, out)

@@ -15,7 +15,6 @@ A preference batch is `[2B, T]`: rows `0..B-1` chosen, rows `B..2B-1` rejected, 
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -250,20 +249,9 @@ def _pair_count(batch):
     return jnp.sum(jnp.asarray(pm).astype(jnp.float32))
 
 
-def _loss_needs_reference(loss) -> bool:
-    if isinstance(loss, str):
-        return jl.info(loss).needs_reference
-    for name in jl.names():
-        if jl.info(name).fn is loss:
-            return jl.info(name).needs_reference
-    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    params = inspect.signature(loss).parameters.values()
-    return sum(p.kind in kinds for p in params) >= 4
-
-
 def make_preference_objective(
     model_def: ModelDef,
-    loss: str | Callable = "sigmoid",
+    loss: str | Callable | jl.LossConfig = "sigmoid",
     *,
     beta: float = 0.1,
     logps_fn: Callable | None = None,
@@ -282,8 +270,10 @@ def make_preference_objective(
 
     Args:
       model_def: the policy from `split_model`.
-      loss: registry name or loss function.
-      beta: inverse temperature (passed to losses that take it; scales the reward metrics).
+      loss: a `jaxpref.losses.LossConfig` (the loss and its hyperparameters, as configs hold
+        them), or a registry name or loss function with `beta` and `hparams` given here.
+      beta: inverse temperature (passed to losses that take it; scales the reward metrics);
+        with a `LossConfig`, its own `beta` is used and this must be left at its default.
       logps_fn: `(params, batch) -> (token_logps, mask)`; default `make_token_logps_fn`.
       **hparams: further loss hyperparameters (`label_smoothing`, `alpha`, ...).
 
@@ -304,9 +294,16 @@ def make_preference_objective(
       True ipo
     """
     token_fn = make_token_logps_fn(model_def) if logps_fn is None else logps_fn
-    if isinstance(loss, str):
-        jl.info(loss)  # unknown names fail here, with a suggestion
-    needs_ref = _loss_needs_reference(loss)
+    if isinstance(loss, jl.LossConfig):
+        if hparams or beta != 0.1:
+            raise ValueError(
+                "make_preference_objective: give beta and hyperparameters in the LossConfig, "
+                f"not as arguments (got beta={beta}, {sorted(hparams)})."
+            )
+        kwargs = loss.hyperparameters()
+        kwargs.pop("beta", None)
+        beta, hparams, loss = loss.beta, kwargs, loss.name
+    needs_ref = jl.resolve(loss).needs_reference  # unknown names fail here, with a suggestion
     name = loss if isinstance(loss, str) else getattr(loss, "__name__", "preference")
 
     def fn(params, batch, *, ref_params=None, rng=None):

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+import jaxpref.losses as jl
 from experiments import dpo
 from jaxpref import experiment as kit
 from jaxpref.experiment import lm
@@ -216,9 +217,9 @@ def test_fsdp_sharded_run_matches_single_device(tiny_run, tmp_path):
         np.testing.assert_allclose(sharded[key], plain[key], rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("name,hparams", [("ipo", ()), ("simpo", ()), ("alphapo", ("alpha=0.25",))])
+@pytest.mark.parametrize("name,hparams", [("ipo", {}), ("simpo", {}), ("alphapo", {"alpha": 0.25})])
 def test_other_losses_train(tmp_path, name, hparams):
-    report = run(tiny(tmp_path, loss=dpo.LossSpec(name=name, hparams=hparams)))
+    report = run(tiny(tmp_path, loss=jl.LossConfig(name=name, **hparams)))
     assert report["loss_name"] == name
     assert np.isfinite(report["implicit_reward_chosen_end"])
     train_records = [r for r in read_metrics(tmp_path / "dpo") if r.get("split") == "train"]
@@ -235,16 +236,16 @@ def test_other_losses_train(tmp_path, name, hparams):
 @pytest.mark.parametrize(
     "changes,match",
     [
-        ({"loss": dpo.LossSpec(name="sigmoidd")}, "sigmoid"),
-        ({"loss": dpo.LossSpec(name="alphapo")}, "requires \\['alpha'\\]"),
-        ({"loss": dpo.LossSpec(hparams=("gamma=1",))}, "no hyperparameter 'gamma'"),
-        ({"loss": dpo.LossSpec(hparams=("label_smoothing",))}, "key=value"),
-        ({"loss": dpo.LossSpec(name="robust", hparams=("label_smoothing=x",))}, "not a number"),
+        ({"loss": jl.LossConfig(name="sigmoidd")}, "sigmoid"),
+        ({"loss": jl.LossConfig(name="alphapo")}, "requires \\['alpha'\\]"),
+        ({"loss": jl.LossConfig(simpo_gamma=1.0)}, "no hyperparameter 'simpo_gamma'"),
+        ({"compare": "alphapo"}, "--compare alphapo: .*requires"),
+        ({"compare": "nope"}, "--compare: Unknown loss 'nope'"),
         ({"batch_size": 1000}, "num-pairs"),
         ({"reference": "cached", "ref_sync": dpo.RefSyncConfig(mode="hard")}, "reference live"),
         ({"sft": dpo.SFTSpec(mode="off")}, "SFT stage"),
         ({"model": dpo.ModelSpec(hf_path="/nonexistent")}, "needs --data.path"),
-        ({"loss": dpo.LossSpec(beta=0.0)}, "beta must be positive"),
+        ({"loss": jl.LossConfig(beta=0.0)}, "beta must be positive"),
         ({"loop": LoopConfig(steps=3, accum_steps=3)}, "--batch-size 16 is not divisible"),
         ({"sft": dpo.SFTSpec(batch_size=0)}, "sft.batch-size"),
         (
@@ -273,7 +274,9 @@ def test_help_lists_every_knob():
     ).stdout
     for flag in (
         "--loss.name",
-        "--loss.hparams",
+        "--loss.label-smoothing",
+        "--compare",
+        "--force",
         "--model.hf-path",
         "--data.path",
         "--data.tokenizer",
@@ -498,8 +501,8 @@ def test_rerun_with_another_loss_is_refused_and_changes_nothing(tiny_run):
     out, _ = tiny_run
     before = {name: (out / name).read_bytes() for name in ("config.json", "report.json")}
     for changes, line in (
-        ({"loss": dpo.LossSpec(name="ipo")}, "--loss.name: saved 'sigmoid', now 'ipo'"),
-        ({"loss": dpo.LossSpec(beta=0.5)}, "--loss.beta: saved 0.1, now 0.5"),
+        ({"loss": jl.LossConfig(name="ipo")}, "--loss.name: saved 'sigmoid', now 'ipo'"),
+        ({"loss": jl.LossConfig(beta=0.9)}, "--loss.beta: saved 0.5, now 0.9"),
     ):
         with pytest.raises(kit.InputError, match="holds a run with another configuration") as err:
             run(tiny(out, **changes))

@@ -229,3 +229,46 @@ def test_every_registered_loss(name):
         [_call(name, sc[k], sr[k], src[k], srr[k], slc[k], slr[k]) for k in range(3)]
     )
     np.testing.assert_allclose(batched, looped, rtol=1e-6, atol=1e-7)
+
+
+def test_loss_config_fields_are_the_registry_hyperparameters():
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(jl.LossConfig)} - {"name"}
+    union = set().union(*(jl.info(n).hyperparameters for n in jl.names()))
+    # `chosen_nll` (CPO / ORPO) is a per-pair array input, not a configurable hyperparameter.
+    assert fields == union - {"chosen_nll"}
+
+
+@pytest.mark.parametrize("name", jl.names())
+def test_loss_config_calls_each_loss_like_the_registry(name):
+    c, r = jnp.array([-5.0, -4.0]), jnp.array([-7.0, -3.0])
+    rc, rr = jnp.array([-6.0, -4.0]), jnp.array([-6.5, -3.5])
+    lengths = {"chosen_lengths": jnp.array([3.0, 2.0]), "rejected_lengths": jnp.array([4.0, 2.0])}
+    extra = {"alpha": 0.25} if name == "alphapo" else {}
+    config = jl.LossConfig(name, beta=0.3, **extra)
+    kwargs = config.hyperparameters()
+    expected = {"beta": 0.3, **extra} if "beta" in jl.info(name).hyperparameters else extra
+    assert kwargs == expected
+    got = jl.call(name, c, r, rc, rr, **lengths, **kwargs)
+    want = jl.call(name, c, r, rc, rr, **lengths, **expected)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_loss_config_rejects_what_the_loss_does_not_take():
+    with pytest.raises(ValueError, match="loss 'ipo' has no hyperparameter 'label_smoothing'"):
+        jl.LossConfig("ipo", label_smoothing=0.1).hyperparameters()
+    with pytest.raises(ValueError, match=r"requires \['alpha'\]"):
+        jl.LossConfig("alphapo").hyperparameters()
+    with pytest.raises(ValueError, match="beta must be positive"):
+        jl.LossConfig(beta=-1.0).hyperparameters()
+    with pytest.raises(KeyError, match="Did you mean 'sigmoid'"):
+        jl.LossConfig("sigmoidd").hyperparameters()
+
+
+def test_resolve_infers_unregistered_functions():
+    assert jl.resolve("ipo") is jl.info("ipo")
+    assert jl.resolve(jl.get("ipo")) is jl.info("ipo")
+    record = jl.resolve(lambda c, r, rc, rr, *, beta=0.1, tau=1.0: (c - r) * tau)
+    assert record.needs_reference and record.hyperparameters == {"beta": 0.1, "tau": 1.0}
+    assert record.select(0.5, {"tau": 2.0, "other": 3}) == {"tau": 2.0, "beta": 0.5}

@@ -367,3 +367,21 @@ def test_step_compiles_once():
         state, _ = step(state, pair_batch(i))
     assert step._cache_size() == 1
     chex.clear_trace_counter()
+
+
+def test_loss_config_builds_the_same_objective_as_name_and_hyperparameters():
+    import jaxpref.losses as jl
+
+    model_def, params = split_model(Bigram(rngs=nnx.Rngs(0)))
+    _, ref_params = split_model(Bigram(rngs=nnx.Rngs(1)))
+    batch = pair_batch(5, num_pairs=4)
+    typed = make_preference_objective(model_def, jl.LossConfig("robust", 0.5, label_smoothing=0.2))
+    loose = make_preference_objective(model_def, "robust", beta=0.5, label_smoothing=0.2)
+    a, ma = typed.fn(params, batch, ref_params=ref_params)
+    b, mb = loose.fn(params, batch, ref_params=ref_params)
+    assert float(a) == float(b) and typed.name == "robust"
+    assert {k: float(v) for k, v in ma.items()} == {k: float(v) for k, v in mb.items()}
+    with pytest.raises(ValueError, match="in the LossConfig"):
+        make_preference_objective(model_def, jl.LossConfig("ipo"), beta=0.3)
+    with pytest.raises(ValueError, match="has no hyperparameter 'alpha'"):
+        make_preference_objective(model_def, jl.LossConfig("ipo", alpha=1.0))
