@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxpref._checks import check_floating, check_rank, check_same_shape, f32
-from jaxpref.bellman._batching import truncated_generalized_advantage_estimation_batch_major
+from jaxpref.bellman._layouts import truncated_generalized_advantage_estimation_batch_major
 
 __all__ = [
     "PPOAux",

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxpref._checks import check_floating, check_rank
-from jaxpref.bellman._multistep import _floats
-from jaxpref.bellman._soft import _check_tau, _soft_argmax, _soft_max
+from jaxpref.bellman._args import check_tau, floats
+from jaxpref.bellman._soft_max import soft_argmax, soft_max
 
 __all__ = [
     "SoftValueIterationResult",
@@ -124,7 +124,7 @@ def q_from_v(
     fn = "q_from_v"
     s, _ = _check_mdp(fn, reward, transitions)
     _check_state_vector(fn, "v", v, s)
-    v, reward, transitions = _floats(v, reward, transitions)
+    v, reward, transitions = floats(v, reward, transitions)
     return _q(v, reward, transitions, discount)
 
 
@@ -173,10 +173,10 @@ def soft_bellman_operator(
     fn = "soft_bellman_operator"
     s, _ = _check_mdp(fn, reward, transitions, log_pi_ref)
     _check_state_vector(fn, "v", v, s)
-    _check_tau(fn, tau)
-    v, reward, transitions = _floats(v, reward, transitions)
-    prior = None if log_pi_ref is None else _floats(log_pi_ref)[0]
-    return _soft_max(_q(v, reward, transitions, discount), prior, tau)
+    check_tau(fn, tau)
+    v, reward, transitions = floats(v, reward, transitions)
+    prior = None if log_pi_ref is None else floats(log_pi_ref)[0]
+    return soft_max(_q(v, reward, transitions, discount), prior, tau)
 
 
 def soft_bellman_residual(
@@ -220,7 +220,7 @@ def soft_bellman_residual(
     tv = soft_bellman_operator(
         v, reward, transitions, discount=discount, tau=tau, log_pi_ref=log_pi_ref
     )
-    return tv - _floats(v)[0].astype(tv.dtype)
+    return tv - floats(v)[0].astype(tv.dtype)
 
 
 class SoftValueIterationResult(NamedTuple):
@@ -250,7 +250,7 @@ def _soft_value_iteration_step(
     carry: _ValueCarry, _, *, reward, transitions_t, discount, tau, prior
 ):
     q = _q_next_state_major(carry.v, reward, transitions_t, discount)
-    return _ValueCarry(_soft_max(q, prior, tau)), None
+    return _ValueCarry(soft_max(q, prior, tau)), None
 
 
 def soft_value_iteration(
@@ -298,18 +298,18 @@ def soft_value_iteration(
     """
     fn = "soft_value_iteration"
     s, _ = _check_mdp(fn, reward, transitions, log_pi_ref)
-    _check_tau(fn, tau)
+    check_tau(fn, tau)
     if not isinstance(num_iterations, int) or num_iterations < 0:
         raise ValueError(
             f"{fn}: `num_iterations` must be a Python int >= 0, got {num_iterations!r}."
         )
-    reward, transitions = _floats(reward, transitions)
+    reward, transitions = floats(reward, transitions)
     if v_init is None:
         v = jnp.zeros((s,), reward.dtype)
     else:
         _check_state_vector(fn, "v_init", v_init, s)
-        v = _floats(v_init)[0].astype(reward.dtype)
-    prior = None if log_pi_ref is None else _floats(log_pi_ref)[0].astype(reward.dtype)
+        v = floats(v_init)[0].astype(reward.dtype)
+    prior = None if log_pi_ref is None else floats(log_pi_ref)[0].astype(reward.dtype)
     transitions_t = _next_state_major(transitions)
     step = functools.partial(
         _soft_value_iteration_step,
@@ -321,8 +321,8 @@ def soft_value_iteration(
     )
     carry, _ = jax.lax.scan(step, _ValueCarry(v), None, length=num_iterations)
     q = _q_next_state_major(carry.v, reward, transitions_t, discount)
-    residual = jnp.max(jnp.abs(_soft_max(q, prior, tau) - carry.v))
-    return SoftValueIterationResult(carry.v, q, _soft_argmax(q, prior, tau), residual)
+    residual = jnp.max(jnp.abs(soft_max(q, prior, tau) - carry.v))
+    return SoftValueIterationResult(carry.v, q, soft_argmax(q, prior, tau), residual)
 
 
 def _policy_value(q, policy, tau):
@@ -375,8 +375,8 @@ def soft_policy_evaluation_operator(
     s, a = _check_mdp(fn, reward, transitions)
     _check_state_vector(fn, "v", v, s)
     _check_policy(fn, policy, s, a)
-    _check_tau(fn, tau)
-    v, policy, reward, transitions = _floats(v, policy, reward, transitions)
+    check_tau(fn, tau)
+    v, policy, reward, transitions = floats(v, policy, reward, transitions)
     return _policy_value(_q(v, reward, transitions, discount), policy, tau)
 
 
@@ -427,17 +427,17 @@ def soft_policy_evaluation(
     fn = "soft_policy_evaluation"
     s, a = _check_mdp(fn, reward, transitions)
     _check_policy(fn, policy, s, a)
-    _check_tau(fn, tau)
+    check_tau(fn, tau)
     if not isinstance(num_iterations, int) or num_iterations < 0:
         raise ValueError(
             f"{fn}: `num_iterations` must be a Python int >= 0, got {num_iterations!r}."
         )
-    policy, reward, transitions = _floats(policy, reward, transitions)
+    policy, reward, transitions = floats(policy, reward, transitions)
     if v_init is None:
         v = jnp.zeros((s,), reward.dtype)
     else:
         _check_state_vector(fn, "v_init", v_init, s)
-        v = _floats(v_init)[0].astype(reward.dtype)
+        v = floats(v_init)[0].astype(reward.dtype)
     step = functools.partial(
         _policy_evaluation_step,
         policy=policy,
@@ -521,7 +521,7 @@ def state_visitation(
             f"{fn}: a time-varying `policy` must have {horizon} steps (`horizon`), got shape "
             f"{tuple(jnp.shape(policy))}."
         )
-    policy, transitions, d0 = _floats(policy, transitions, initial_distribution)
+    policy, transitions, d0 = floats(policy, transitions, initial_distribution)
     stationary = policy.ndim == 2
     step = functools.partial(
         _visitation_step,

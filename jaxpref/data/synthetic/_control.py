@@ -36,6 +36,7 @@ __all__ = [
     "SegmentPairs",
     "SoftOptimal",
     "policy_return",
+    "rollout_from_uniform",
     "sample_segment_pairs",
     "sample_segments",
     "segment_scores",
@@ -157,7 +158,7 @@ def sample_segments(key, mdp: TabularMDP, policy_logits, start, length: int):
     """
     start = jnp.asarray(start, jnp.int32)
     u = jax.random.uniform(key, (length, start.shape[0], 2))
-    return _rollout_from_uniform(u, mdp, policy_logits, start)
+    return rollout_from_uniform(u, mdp, policy_logits, start)
 
 
 def _rollout_step(s, u_t, *, policy, transitions):
@@ -166,8 +167,31 @@ def _rollout_step(s, u_t, *, policy, transitions):
     return nxt, (s, a)
 
 
-def _rollout_from_uniform(u, mdp: TabularMDP, policy_logits, start):
-    """Rollout with two uniforms per step (action, next state): `u [K, N, 2]`."""
+def rollout_from_uniform(u, mdp: TabularMDP, policy_logits, start):
+    """Rolls a stationary policy out with given uniforms, two per step (action, next state).
+
+    The same `u` gives the same segments, so two policies can be compared on common random
+    numbers. `sample_segments` draws `u` from a key and calls this.
+
+    Args:
+      u: `[K, N, 2]` uniforms in `[0, 1)`: `u[t, n, 0]` picks the action and `u[t, n, 1]` the
+        next state of step `t` of rollout `n`.
+      mdp: the task.
+      policy_logits: `[S, A]` logits.
+      start: `[N]` int start states.
+
+    Returns:
+      `(states [N, K], actions [N, K])` int32.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxpref.envs import gridworld
+      >>> m = gridworld(1, 3)  # actions: up, right, down, left
+      >>> right = jnp.log(jnp.array([[0.0, 1.0, 0.0, 0.0]] * 3) + 1e-30)
+      >>> s, a = rollout_from_uniform(jnp.full((2, 1, 2), 0.5), m, right, jnp.array([0]))
+      >>> print(s, a)
+      [[0 1]] [[1 1]]
+    """
     policy = jax.nn.softmax(jnp.asarray(policy_logits, jnp.float32), axis=-1)
     step = functools.partial(_rollout_step, policy=policy, transitions=mdp.transitions)
     _, (states, actions) = jax.lax.scan(step, start, u)
@@ -294,7 +318,7 @@ def _sample_segment_pairs(
 ) -> SegmentPairs:
     u = jax.random.uniform(key, (length + 1, 2 * num_pairs, 2))
     starts = categorical_from_uniform(start_p[None, :], u[length, :, 0])
-    states, actions = _rollout_from_uniform(u[:length], mdp, behaviour_logits, starts)
+    states, actions = rollout_from_uniform(u[:length], mdp, behaviour_logits, starts)
     s1, s2 = states[:num_pairs], states[num_pairs:]
     a1, a2 = actions[:num_pairs], actions[num_pairs:]
     sc1 = segment_scores(table, s1, a1, discount=discount)
