@@ -139,20 +139,23 @@ def alpha_divergence_link(logratios: jax.Array, *, coef: float = 0.5) -> jax.Arr
     return jnp.expm1(t) / (coef - 1.0)
 
 
-_LINK_NAMES: tuple[str, ...] = (
-    "reverse_kl",
-    "forward_kl",
-    "js_divergence",
-    "alpha_divergence",
-)
+# TRL's `f_divergence_type` names; the only place a link name is mapped to its function.
+_LINKS: dict[str, Callable[..., jax.Array]] = {
+    "reverse_kl": reverse_kl_link,
+    "forward_kl": forward_kl_link,
+    "js_divergence": js_divergence_link,
+    "alpha_divergence": alpha_divergence_link,
+}
 
 
 def f_divergence_link(name: str, *, alpha: float = 0.5) -> Callable[[jax.Array], jax.Array]:
-    r"""Looks up an f-divergence link by TRL's `f_divergence_type` name.
+    r"""Looks up an f-divergence link by TRL's `f_divergence_type` name (for configs).
 
     .. math:: \text{reverse\_kl}: \log u,\quad \text{forward\_kl}: 1 - u^{-1},\quad
        \text{js\_divergence}: \log\tfrac{2u}{1+u},\quad
        \text{alpha\_divergence}: \tfrac{u^{\alpha-1}-1}{\alpha-1}
+
+    Library code calls the `*_link` functions directly; this maps a config string to one.
 
     Args:
       name: `"reverse_kl"`, `"forward_kl"`, `"js_divergence"` or `"alpha_divergence"`.
@@ -170,17 +173,14 @@ def f_divergence_link(name: str, *, alpha: float = 0.5) -> Callable[[jax.Array],
       >>> print(round(float(link(jnp.array(1.0))), 4))
       0.7869
     """
-    if name == "reverse_kl":
-        return reverse_kl_link
-    if name == "forward_kl":
-        return forward_kl_link
-    if name == "js_divergence":
-        return js_divergence_link
-    if name == "alpha_divergence":
+    link = _LINKS.get(name) if isinstance(name, str) else None
+    if link is None:
+        raise ValueError(
+            f"f_divergence_link: unknown f-divergence {name!r}; expected one of {tuple(_LINKS)}."
+        )
+    if link is alpha_divergence_link:
         return functools.partial(alpha_divergence_link, coef=alpha)
-    raise ValueError(
-        f"f_divergence_link: unknown f-divergence {name!r}; expected one of {_LINK_NAMES}."
-    )
+    return link
 
 
 def with_f_divergence(

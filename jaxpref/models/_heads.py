@@ -8,7 +8,7 @@ from flax import nnx
 
 from jaxpref._checks import check_rank, check_same_shape
 from jaxpref.models._config import ModelConfig
-from jaxpref.models._layers import logical_param
+from jaxpref.models._layers import constant_param, normal_param
 from jaxpref.models._transformer import Transformer
 
 __all__ = ["ScalarHead", "ScalarHeadModel", "last_valid"]
@@ -33,8 +33,8 @@ class ScalarHead(nnx.Module):
     """
 
     def __init__(self, d_model: int, *, rngs: nnx.Rngs, param_dtype="float32"):
-        self.kernel = logical_param(rngs, (d_model,), ("embed",), param_dtype)
-        self.bias = logical_param(None, (), (), param_dtype, "zeros")
+        self.kernel = normal_param(rngs, (d_model,), ("embed",), param_dtype)
+        self.bias = constant_param((), (), param_dtype, value=0.0)
 
     def __call__(self, hidden: jax.Array) -> jax.Array:
         """`[B, T, D]` hidden states -> `[B, T]` float32 scalars."""

@@ -22,8 +22,9 @@ References:
 
 from __future__ import annotations
 
+import enum
 import functools
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +34,7 @@ from jaxpref.data.synthetic._sampling import categorical_from_uniform
 from jaxpref.envs import TabularMDP
 
 __all__ = [
+    "PreferenceModel",
     "SegmentPairs",
     "SoftOptimal",
     "policy_return",
@@ -44,6 +46,22 @@ __all__ = [
 ]
 
 _HIGHEST = jax.lax.Precision.HIGHEST
+
+
+class PreferenceModel(enum.Enum):
+    """Which per-step score a labeller sums over a segment (`sample_segment_pairs`).
+
+    `REGRET`: the optimal advantage `A*(s, a)` (CPL's regret preference model). `REWARD`: the
+    reward `r(s, a)`. A config holding the name builds the member with `PreferenceModel(name)`
+    (`"regret"` or `"reward"`).
+
+    Example:
+      >>> print(PreferenceModel("reward") is PreferenceModel.REWARD)
+      True
+    """
+
+    REGRET = "regret"
+    REWARD = "reward"
 
 
 class SoftOptimal(NamedTuple):
@@ -229,7 +247,7 @@ def sample_segment_pairs(
     num_pairs: int,
     length: int,
     *,
-    preference: Literal["regret", "reward"] = "regret",
+    preference: PreferenceModel = PreferenceModel.REGRET,
     alpha: float = 1.0,
     temperature: float = 1.0,
     discount: float = 1.0,
@@ -250,7 +268,7 @@ def sample_segment_pairs(
       behaviour_logits: `[S, A]` logits of the policy that generates segments.
       num_pairs: `N`.
       length: segment length `K`.
-      preference: `"regret"` or `"reward"`.
+      preference: `PreferenceModel.REGRET` or `PreferenceModel.REWARD`.
       alpha: max-ent temperature of the optimal advantage (regret model).
       temperature: Bradley-Terry temperature.
       discount: `gamma` inside segment scores.
@@ -270,15 +288,16 @@ def sample_segment_pairs(
       >>> print(p.states_chosen.shape, bool((p.score_chosen >= -1e9).all()))
       (4, 6) True
     """
-    if preference not in ("regret", "reward"):
-        raise ValueError(
-            f"sample_segment_pairs: preference must be 'regret' or 'reward', got {preference!r}."
+    if not isinstance(preference, PreferenceModel):
+        raise TypeError(
+            "sample_segment_pairs: `preference` must be a PreferenceModel (build one from a "
+            f"config string with PreferenceModel(name)), got {preference!r}."
         )
     if not 0.0 <= label_noise <= 0.5:
         raise ValueError(
             f"sample_segment_pairs: label_noise must be in [0, 0.5], got {label_noise}."
         )
-    if preference == "regret":
+    if preference is PreferenceModel.REGRET:
         sol = soft_optimal_solution(mdp, alpha=alpha) if solution is None else solution
         table = sol.advantage
     else:
