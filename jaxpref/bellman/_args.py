@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxpref._checks import check_floating, check_rank, check_same_shape, f32
+from jaxpref._checks import check_floating, check_nonnegative, check_rank, check_same_shape, f32
 
 __all__: list[str] = []
 
@@ -32,7 +32,7 @@ def select(q, a):
     return jnp.take_along_axis(q, a[..., None], axis=-1)[..., 0]
 
 
-def check_per_step(fn: str, name: str, value, shape: tuple[int, ...], reference: str = "r_t"):
+def check_per_step(value, name: str, shape: tuple[int, ...], *, reference: str = "r_t", fn: str):
     """Raises `ValueError` unless `value` is a scalar or has the `shape` of `reference`."""
     got = tuple(jnp.shape(value))
     if got and got != tuple(shape):
@@ -42,16 +42,16 @@ def check_per_step(fn: str, name: str, value, shape: tuple[int, ...], reference:
         )
 
 
-def check_sequences(fn: str, rank: int, arrays: dict) -> tuple[int, ...]:
+def check_sequences(arrays: dict, rank: int, *, fn: str) -> tuple[int, ...]:
     """Checks that `arrays` are floating, of rank `rank` and of one shape; returns the shape."""
     first = next(iter(arrays))
     for name, value in arrays.items():
-        check_rank(name, value, rank, fn=fn)
-    check_floating(fn, arrays)
-    return check_same_shape(fn, first, arrays)
+        check_rank(value, name, rank, fn=fn)
+    check_floating(arrays, fn=fn)
+    return check_same_shape(arrays, first, fn=fn)
 
 
-def check_actions(fn: str, name: str, actions, batch_shape: tuple[int, ...], q_name: str):
+def check_actions(actions, name: str, batch_shape: tuple[int, ...], *, q_name: str, fn: str):
     """Raises unless `actions` are integers of shape `batch_shape` (leading axes of `q_name`)."""
     if not jnp.issubdtype(jnp.result_type(actions), jnp.integer):
         raise TypeError(
@@ -65,13 +65,13 @@ def check_actions(fn: str, name: str, actions, batch_shape: tuple[int, ...], q_n
         )
 
 
-def check_transition(fn: str, q_tm1, a_tm1, r_t, discount_t, q_t, extra: dict | None = None):
+def check_transition(q_tm1, a_tm1, r_t, discount_t, q_t, *, extra: dict | None = None, fn: str):
     """Checks one (batched) transition `q_tm1 [..., A], a_tm1 [...], r_t, discount_t, q_t`."""
-    check_rank("q_tm1", q_tm1, range(1, 8), fn=fn)
-    check_floating(fn, {"q_tm1": q_tm1, "r_t": r_t, "discount_t": discount_t, "q_t": q_t})
-    check_same_shape(fn, "q_tm1", {"q_tm1": q_tm1, "q_t": q_t, **(extra or {})})
+    check_rank(q_tm1, "q_tm1", range(1, 8), fn=fn)
+    check_floating({"q_tm1": q_tm1, "r_t": r_t, "discount_t": discount_t, "q_t": q_t}, fn=fn)
+    check_same_shape({"q_tm1": q_tm1, "q_t": q_t, **(extra or {})}, "q_tm1", fn=fn)
     batch = tuple(jnp.shape(q_tm1))[:-1]
-    check_actions(fn, "a_tm1", a_tm1, batch, "q_tm1")
+    check_actions(a_tm1, "a_tm1", batch, q_name="q_tm1", fn=fn)
     for name, value in (("r_t", r_t), ("discount_t", discount_t)):
         if tuple(jnp.shape(value)) != batch:
             raise ValueError(
@@ -80,8 +80,7 @@ def check_transition(fn: str, q_tm1, a_tm1, r_t, discount_t, q_t, extra: dict | 
             )
 
 
-def check_tau(fn: str, tau) -> None:
-    """Raises unless `tau` is a scalar, and `>= 0` when it is a Python number."""
-    check_rank("tau", tau, 0, fn=fn)
-    if isinstance(tau, int | float) and tau < 0:
-        raise ValueError(f"{fn}: `tau` must be >= 0, got {tau}.")
+def check_tau(tau, *, fn: str) -> None:
+    """Raises unless the temperature `tau` is a scalar, and `>= 0` when it is a Python number."""
+    check_rank(tau, "tau", 0, fn=fn)
+    check_nonnegative(tau, "tau", fn=fn)

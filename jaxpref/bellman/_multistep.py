@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxpref._checks import check_floating, check_rank
+from jaxpref._checks import check_floating, check_int, check_rank
 from jaxpref.bellman._args import check_per_step, check_sequences, floats, maybe_stop
 from jaxpref.bellman._recursions import (
     resolve_unroll,
@@ -77,9 +77,9 @@ def lambda_returns(
       [2.25, 3.0]
     """
     fn = "lambda_returns"
-    shape = check_sequences(fn, 1, {"r_t": r_t, "discount_t": discount_t, "v_t": v_t})
-    check_rank("lambda_", lambda_, (0, 1), fn=fn)
-    check_per_step(fn, "lambda_", lambda_, shape)
+    shape = check_sequences({"r_t": r_t, "discount_t": discount_t, "v_t": v_t}, 1, fn=fn)
+    check_rank(lambda_, "lambda_", (0, 1), fn=fn)
+    check_per_step(lambda_, "lambda_", shape, fn=fn)
     r_t, discount_t, v_t, lambda_ = floats(r_t, discount_t, v_t, lambda_)
     returns = scan_lambda_returns(r_t, discount_t, v_t, lambda_, unroll=resolve_unroll(fn, unroll))
     return maybe_stop(returns, stop_target_gradients)
@@ -120,9 +120,9 @@ def discounted_returns(
       [2.0, 2.0, 8.0]
     """
     fn = "discounted_returns"
-    shape = check_sequences(fn, 1, {"r_t": r_t, "discount_t": discount_t})
-    check_rank("v_t", v_t, (0, 1), fn=fn)
-    check_per_step(fn, "v_t", v_t, shape)
+    shape = check_sequences({"r_t": r_t, "discount_t": discount_t}, 1, fn=fn)
+    check_rank(v_t, "v_t", (0, 1), fn=fn)
+    check_per_step(v_t, "v_t", shape, fn=fn)
     r_t, discount_t, v_t = floats(r_t, discount_t, v_t)
     bootstrap = v_t[-1] if v_t.ndim else v_t
     returns = scan_discounted_returns(r_t, discount_t, bootstrap, unroll=resolve_unroll(fn, unroll))
@@ -167,11 +167,10 @@ def n_step_bootstrapped_returns(
       [22.0, 32.0, 31.0]
     """
     fn = "n_step_bootstrapped_returns"
-    shape = check_sequences(fn, 1, {"r_t": r_t, "discount_t": discount_t, "v_t": v_t})
-    check_rank("lambda_t", lambda_t, (0, 1), fn=fn)
-    check_per_step(fn, "lambda_t", lambda_t, shape)
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"{fn}: `n` must be a Python int >= 1, got {n!r}.")
+    shape = check_sequences({"r_t": r_t, "discount_t": discount_t, "v_t": v_t}, 1, fn=fn)
+    check_rank(lambda_t, "lambda_t", (0, 1), fn=fn)
+    check_per_step(lambda_t, "lambda_t", shape, fn=fn)
+    check_int(n, "n", minimum=1, fn=fn)
     r_t, discount_t, v_t, lambda_t = floats(r_t, discount_t, v_t, lambda_t)
     returns = scan_n_step(r_t, discount_t, v_t, n, lambda_t)
     return maybe_stop(returns, stop_target_gradients)
@@ -217,16 +216,16 @@ def truncated_generalized_advantage_estimation(
       [3.0, 2.0]
     """
     fn = "truncated_generalized_advantage_estimation"
-    shape = check_sequences(fn, 1, {"r_t": r_t, "discount_t": discount_t})
-    check_rank("values", values, 1, fn=fn)
-    check_floating(fn, {"values": values})
+    shape = check_sequences({"r_t": r_t, "discount_t": discount_t}, 1, fn=fn)
+    check_rank(values, "values", 1, fn=fn)
+    check_floating({"values": values}, fn=fn)
     if jnp.shape(values) != (shape[0] + 1,):
         raise ValueError(
             f"{fn}: `values` must have shape {(shape[0] + 1,)} (one more than `r_t` {shape}), "
             f"got {tuple(jnp.shape(values))}."
         )
-    check_rank("lambda_", lambda_, (0, 1), fn=fn)
-    check_per_step(fn, "lambda_", lambda_, shape)
+    check_rank(lambda_, "lambda_", (0, 1), fn=fn)
+    check_per_step(lambda_, "lambda_", shape, fn=fn)
     r_t, discount_t, lambda_, values = floats(r_t, discount_t, lambda_, values)
     advantages = scan_gae(r_t, discount_t, lambda_, values, unroll=resolve_unroll(fn, unroll))
     return maybe_stop(advantages, stop_target_gradients)

@@ -34,10 +34,10 @@ __all__ = [
 
 
 def _check_q(fn: str, q, log_pi_ref=None):
-    check_rank("q", q, range(1, 8), fn=fn)
-    check_floating(fn, {"q": q, "log_pi_ref": log_pi_ref})
+    check_rank(q, "q", range(1, 8), fn=fn)
+    check_floating({"q": q, "log_pi_ref": log_pi_ref}, fn=fn)
     if log_pi_ref is not None:
-        check_same_shape(fn, "q", {"q": q, "log_pi_ref": log_pi_ref})
+        check_same_shape({"q": q, "log_pi_ref": log_pi_ref}, "q", fn=fn)
 
 
 def soft_value(q: ArrayLike, *, tau: ArrayLike = 1.0) -> jax.Array:
@@ -68,7 +68,7 @@ def soft_value(q: ArrayLike, *, tau: ArrayLike = 1.0) -> jax.Array:
     """
     fn = "soft_value"
     _check_q(fn, q)
-    check_tau(fn, tau)
+    check_tau(tau, fn=fn)
     (q,) = floats(q)
     return soft_max(q, None, tau)
 
@@ -98,7 +98,7 @@ def soft_policy(q: ArrayLike, *, tau: ArrayLike = 1.0) -> jax.Array:
     """
     fn = "soft_policy"
     _check_q(fn, q)
-    check_tau(fn, tau)
+    check_tau(tau, fn=fn)
     (q,) = floats(q)
     return soft_argmax(q, None, tau)
 
@@ -132,7 +132,7 @@ def kl_regularized_value(q: ArrayLike, log_pi_ref: ArrayLike, *, tau: ArrayLike 
     """
     fn = "kl_regularized_value"
     _check_q(fn, q, log_pi_ref)
-    check_tau(fn, tau)
+    check_tau(tau, fn=fn)
     q, log_pi_ref = floats(q, log_pi_ref)
     return soft_max(q, log_pi_ref, tau)
 
@@ -166,18 +166,18 @@ def kl_regularized_policy(
     """
     fn = "kl_regularized_policy"
     _check_q(fn, q, log_pi_ref)
-    check_tau(fn, tau)
+    check_tau(tau, fn=fn)
     q, log_pi_ref = floats(q, log_pi_ref)
     return soft_argmax(q, log_pi_ref, tau)
 
 
 def _check_backup(fn: str, r_t, discount_t, q_t, log_pi_ref_t=None):
-    check_rank("q_t", q_t, range(1, 8), fn=fn)
+    check_rank(q_t, "q_t", range(1, 8), fn=fn)
     check_floating(
-        fn, {"r_t": r_t, "discount_t": discount_t, "q_t": q_t, "log_pi_ref_t": log_pi_ref_t}
+        {"r_t": r_t, "discount_t": discount_t, "q_t": q_t, "log_pi_ref_t": log_pi_ref_t}, fn=fn
     )
     if log_pi_ref_t is not None:
-        check_same_shape(fn, "q_t", {"q_t": q_t, "log_pi_ref_t": log_pi_ref_t})
+        check_same_shape({"q_t": q_t, "log_pi_ref_t": log_pi_ref_t}, "q_t", fn=fn)
     batch = tuple(jnp.shape(q_t))[:-1]
     for name, value in (("r_t", r_t), ("discount_t", discount_t)):
         if tuple(jnp.shape(value)) != batch:
@@ -214,7 +214,7 @@ def soft_bellman_backup(
     """
     fn = "soft_bellman_backup"
     _check_backup(fn, r_t, discount_t, q_t)
-    check_tau(fn, tau)
+    check_tau(tau, fn=fn)
     r_t, discount_t, q_t = floats(r_t, discount_t, q_t)
     return r_t + discount_t * soft_max(q_t, None, tau)
 
@@ -253,7 +253,7 @@ def kl_regularized_bellman_backup(
     """
     fn = "kl_regularized_bellman_backup"
     _check_backup(fn, r_t, discount_t, q_t, log_pi_ref_t)
-    check_tau(fn, tau)
+    check_tau(tau, fn=fn)
     r_t, discount_t, q_t, log_pi_ref_t = floats(r_t, discount_t, q_t, log_pi_ref_t)
     return r_t + discount_t * soft_max(q_t, log_pi_ref_t, tau)
 
@@ -297,8 +297,8 @@ def soft_q_learning(
     """
     fn = "soft_q_learning"
     a_tm1 = jnp.asarray(a_tm1)
-    check_transition(fn, q_tm1, a_tm1, r_t, discount_t, q_t)
-    check_tau(fn, tau)
+    check_transition(q_tm1, a_tm1, r_t, discount_t, q_t, fn=fn)
+    check_tau(tau, fn=fn)
     q_tm1, r_t, discount_t, q_t = floats(q_tm1, r_t, discount_t, q_t)
     target = maybe_stop(r_t + discount_t * soft_max(q_t, None, tau), stop_target_gradients)
     return target - select(q_tm1, a_tm1)
@@ -344,9 +344,11 @@ def kl_regularized_q_learning(
     """
     fn = "kl_regularized_q_learning"
     a_tm1 = jnp.asarray(a_tm1)
-    check_transition(fn, q_tm1, a_tm1, r_t, discount_t, q_t, {"log_pi_ref_t": log_pi_ref_t})
-    check_floating(fn, {"log_pi_ref_t": log_pi_ref_t})
-    check_tau(fn, tau)
+    check_transition(
+        q_tm1, a_tm1, r_t, discount_t, q_t, extra={"log_pi_ref_t": log_pi_ref_t}, fn=fn
+    )
+    check_floating({"log_pi_ref_t": log_pi_ref_t}, fn=fn)
+    check_tau(tau, fn=fn)
     q_tm1, r_t, discount_t, q_t, log_pi_ref_t = floats(q_tm1, r_t, discount_t, q_t, log_pi_ref_t)
     target = r_t + discount_t * soft_max(q_t, log_pi_ref_t, tau)
     return maybe_stop(target, stop_target_gradients) - select(q_tm1, a_tm1)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxpref._checks import check_floating, check_rank
+from jaxpref._checks import check_floating, check_int, check_rank
 from jaxpref.bellman._args import check_tau, floats
 from jaxpref.bellman._soft_max import soft_argmax, soft_max
 
@@ -39,9 +39,9 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def _check_mdp(fn: str, reward, transitions, log_pi_ref=None) -> tuple[int, int]:
-    check_rank("reward", reward, 2, fn=fn)
-    check_rank("transitions", transitions, 3, fn=fn)
-    check_floating(fn, {"reward": reward, "transitions": transitions, "log_pi_ref": log_pi_ref})
+    check_rank(reward, "reward", 2, fn=fn)
+    check_rank(transitions, "transitions", 3, fn=fn)
+    check_floating({"reward": reward, "transitions": transitions, "log_pi_ref": log_pi_ref}, fn=fn)
     s, a = jnp.shape(reward)
     if tuple(jnp.shape(transitions)) != (s, a, s):
         raise ValueError(
@@ -57,7 +57,7 @@ def _check_mdp(fn: str, reward, transitions, log_pi_ref=None) -> tuple[int, int]
 
 
 def _check_state_vector(fn: str, name: str, v, num_states: int) -> None:
-    check_floating(fn, {name: v})
+    check_floating({name: v}, fn=fn)
     if tuple(jnp.shape(v)) != (num_states,):
         raise ValueError(
             f"{fn}: `{name}` must have shape {(num_states,)} (one entry per state), got "
@@ -66,8 +66,8 @@ def _check_state_vector(fn: str, name: str, v, num_states: int) -> None:
 
 
 def _check_policy(fn: str, policy, num_states: int, num_actions: int, ranks=(2,)) -> None:
-    check_rank("policy", policy, ranks, fn=fn)
-    check_floating(fn, {"policy": policy})
+    check_rank(policy, "policy", ranks, fn=fn)
+    check_floating({"policy": policy}, fn=fn)
     if tuple(jnp.shape(policy))[-2:] != (num_states, num_actions):
         raise ValueError(
             f"{fn}: `policy` must end in {(num_states, num_actions)} ([S, A]), got "
@@ -173,7 +173,7 @@ def soft_bellman_operator(
     fn = "soft_bellman_operator"
     s, _ = _check_mdp(fn, reward, transitions, log_pi_ref)
     _check_state_vector(fn, "v", v, s)
-    check_tau(fn, tau)
+    check_tau(tau, fn=fn)
     v, reward, transitions = floats(v, reward, transitions)
     prior = None if log_pi_ref is None else floats(log_pi_ref)[0]
     return soft_max(_q(v, reward, transitions, discount), prior, tau)
@@ -298,11 +298,8 @@ def soft_value_iteration(
     """
     fn = "soft_value_iteration"
     s, _ = _check_mdp(fn, reward, transitions, log_pi_ref)
-    check_tau(fn, tau)
-    if not isinstance(num_iterations, int) or num_iterations < 0:
-        raise ValueError(
-            f"{fn}: `num_iterations` must be a Python int >= 0, got {num_iterations!r}."
-        )
+    check_tau(tau, fn=fn)
+    check_int(num_iterations, "num_iterations", minimum=0, fn=fn)
     reward, transitions = floats(reward, transitions)
     if v_init is None:
         v = jnp.zeros((s,), reward.dtype)
@@ -375,7 +372,7 @@ def soft_policy_evaluation_operator(
     s, a = _check_mdp(fn, reward, transitions)
     _check_state_vector(fn, "v", v, s)
     _check_policy(fn, policy, s, a)
-    check_tau(fn, tau)
+    check_tau(tau, fn=fn)
     v, policy, reward, transitions = floats(v, policy, reward, transitions)
     return _policy_value(_q(v, reward, transitions, discount), policy, tau)
 
@@ -427,11 +424,8 @@ def soft_policy_evaluation(
     fn = "soft_policy_evaluation"
     s, a = _check_mdp(fn, reward, transitions)
     _check_policy(fn, policy, s, a)
-    check_tau(fn, tau)
-    if not isinstance(num_iterations, int) or num_iterations < 0:
-        raise ValueError(
-            f"{fn}: `num_iterations` must be a Python int >= 0, got {num_iterations!r}."
-        )
+    check_tau(tau, fn=fn)
+    check_int(num_iterations, "num_iterations", minimum=0, fn=fn)
     policy, reward, transitions = floats(policy, reward, transitions)
     if v_init is None:
         v = jnp.zeros((s,), reward.dtype)
@@ -505,8 +499,8 @@ def state_visitation(
       [1.0, 2.0]
     """
     fn = "state_visitation"
-    check_rank("transitions", transitions, 3, fn=fn)
-    check_floating(fn, {"transitions": transitions})
+    check_rank(transitions, "transitions", 3, fn=fn)
+    check_floating({"transitions": transitions}, fn=fn)
     s, a, s2 = jnp.shape(transitions)
     if s2 != s:
         raise ValueError(
@@ -514,8 +508,7 @@ def state_visitation(
         )
     _check_policy(fn, policy, s, a, ranks=(2, 3))
     _check_state_vector(fn, "initial_distribution", initial_distribution, s)
-    if not isinstance(horizon, int) or horizon < 0:
-        raise ValueError(f"{fn}: `horizon` must be a Python int >= 0, got {horizon!r}.")
+    check_int(horizon, "horizon", minimum=0, fn=fn)
     if jnp.ndim(policy) == 3 and jnp.shape(policy)[0] != horizon:
         raise ValueError(
             f"{fn}: a time-varying `policy` must have {horizon} steps (`horizon`), got shape "

@@ -69,9 +69,9 @@ def td_learning(
       1.3
     """
     fn = "td_learning"
-    check_floating(fn, {"v_tm1": v_tm1, "r_t": r_t, "discount_t": discount_t, "v_t": v_t})
+    check_floating({"v_tm1": v_tm1, "r_t": r_t, "discount_t": discount_t, "v_t": v_t}, fn=fn)
     check_same_shape(
-        fn, "v_tm1", {"v_tm1": v_tm1, "r_t": r_t, "discount_t": discount_t, "v_t": v_t}
+        {"v_tm1": v_tm1, "r_t": r_t, "discount_t": discount_t, "v_t": v_t}, "v_tm1", fn=fn
     )
     v_tm1, r_t, discount_t, v_t = floats(v_tm1, r_t, discount_t, v_t)
     target = maybe_stop(r_t + discount_t * v_t, stop_target_gradients)
@@ -114,10 +114,10 @@ def td_lambda(
     """
     fn = "td_lambda"
     shape = check_sequences(
-        fn, 1, {"v_tm1": v_tm1, "r_t": r_t, "discount_t": discount_t, "v_t": v_t}
+        {"v_tm1": v_tm1, "r_t": r_t, "discount_t": discount_t, "v_t": v_t}, 1, fn=fn
     )
-    check_rank("lambda_", lambda_, (0, 1), fn=fn)
-    check_per_step(fn, "lambda_", lambda_, shape, reference="v_tm1")
+    check_rank(lambda_, "lambda_", (0, 1), fn=fn)
+    check_per_step(lambda_, "lambda_", shape, reference="v_tm1", fn=fn)
     v_tm1, r_t, discount_t, v_t, lambda_ = floats(v_tm1, r_t, discount_t, v_t, lambda_)
     target = scan_lambda_returns(r_t, discount_t, v_t, lambda_, unroll=resolve_unroll(fn, None))
     return maybe_stop(target, stop_target_gradients) - v_tm1
@@ -160,7 +160,7 @@ def q_learning(
     """
     fn = "q_learning"
     a_tm1 = jnp.asarray(a_tm1)
-    check_transition(fn, q_tm1, a_tm1, r_t, discount_t, q_t)
+    check_transition(q_tm1, a_tm1, r_t, discount_t, q_t, fn=fn)
     q_tm1, r_t, discount_t, q_t = floats(q_tm1, r_t, discount_t, q_t)
     target = maybe_stop(r_t + discount_t * jnp.max(q_t, axis=-1), stop_target_gradients)
     return target - select(q_tm1, a_tm1)
@@ -207,8 +207,8 @@ def expected_sarsa(
     """
     fn = "expected_sarsa"
     a_tm1 = jnp.asarray(a_tm1)
-    check_floating(fn, {"probs_a_t": probs_a_t})
-    check_transition(fn, q_tm1, a_tm1, r_t, discount_t, q_t, {"probs_a_t": probs_a_t})
+    check_floating({"probs_a_t": probs_a_t}, fn=fn)
+    check_transition(q_tm1, a_tm1, r_t, discount_t, q_t, extra={"probs_a_t": probs_a_t}, fn=fn)
     q_tm1, r_t, discount_t, q_t, probs_a_t = floats(q_tm1, r_t, discount_t, q_t, probs_a_t)
     expected = jnp.sum(q_t * probs_a_t, axis=-1)
     target = maybe_stop(r_t + discount_t * expected, stop_target_gradients)
@@ -300,9 +300,8 @@ def retrace(
         ("discount_t", discount_t, 1),
         ("mu_t", mu_t, 1),
     ):
-        check_rank(name, value, rank, fn=fn)
+        check_rank(value, name, rank, fn=fn)
     check_floating(
-        fn,
         {
             "q_tm1": q_tm1,
             "q_t": q_t,
@@ -311,19 +310,20 @@ def retrace(
             "pi_t": pi_t,
             "mu_t": mu_t,
         },
+        fn=fn,
     )
-    check_same_shape(fn, "q_tm1", {"q_tm1": q_tm1, "q_t": q_t, "pi_t": pi_t})
+    check_same_shape({"q_tm1": q_tm1, "q_t": q_t, "pi_t": pi_t}, "q_tm1", fn=fn)
     steps = (jnp.shape(q_tm1)[0],)
-    check_same_shape(fn, "r_t", {"r_t": r_t, "discount_t": discount_t, "mu_t": mu_t})
+    check_same_shape({"r_t": r_t, "discount_t": discount_t, "mu_t": mu_t}, "r_t", fn=fn)
     if tuple(jnp.shape(r_t)) != steps:
         raise ValueError(
             f"{fn}: `r_t` must have shape {steps} (the time axis of `q_tm1` "
             f"{tuple(jnp.shape(q_tm1))}), got {tuple(jnp.shape(r_t))}."
         )
-    check_actions(fn, "a_tm1", a_tm1, steps, "q_tm1")
-    check_actions(fn, "a_t", a_t, steps, "q_t")
-    check_rank("lambda_", lambda_, (0, 1), fn=fn)
-    check_per_step(fn, "lambda_", lambda_, steps)
+    check_actions(a_tm1, "a_tm1", steps, q_name="q_tm1", fn=fn)
+    check_actions(a_t, "a_t", steps, q_name="q_t", fn=fn)
+    check_rank(lambda_, "lambda_", (0, 1), fn=fn)
+    check_per_step(lambda_, "lambda_", steps, fn=fn)
     q_tm1, q_t, r_t, discount_t, pi_t, mu_t, lambda_ = floats(
         q_tm1, q_t, r_t, discount_t, pi_t, mu_t, lambda_
     )

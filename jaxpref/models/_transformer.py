@@ -198,16 +198,16 @@ class Transformer(nnx.Module):
         return self.final_norm(x), (tuple(new_k), tuple(new_v))
 
     def _check(self, fn, input_ids, attention_mask, positions, segment_ids):
-        check_rank("input_ids", input_ids, 2, fn=fn)
+        check_rank(input_ids, "input_ids", 2, fn=fn)
         check_same_shape(
-            fn,
-            "input_ids",
             {
                 "input_ids": input_ids,
                 "attention_mask": attention_mask,
                 "positions": positions,
                 "segment_ids": segment_ids,
             },
+            "input_ids",
+            fn=fn,
         )
 
     def unembedding(self) -> jax.Array:

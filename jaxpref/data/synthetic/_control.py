@@ -29,6 +29,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxpref._checks import check_interval
 from jaxpref.bellman import soft_value_iteration
 from jaxpref.data.synthetic._sampling import categorical_from_uniform
 from jaxpref.envs import TabularMDP
@@ -293,10 +294,7 @@ def sample_segment_pairs(
             "sample_segment_pairs: `preference` must be a PreferenceModel (build one from a "
             f"config string with PreferenceModel(name)), got {preference!r}."
         )
-    if not 0.0 <= label_noise <= 0.5:
-        raise ValueError(
-            f"sample_segment_pairs: label_noise must be in [0, 0.5], got {label_noise}."
-        )
+    check_interval(label_noise, "label_noise", 0.0, 0.5, fn="sample_segment_pairs")
     if preference is PreferenceModel.REGRET:
         sol = soft_optimal_solution(mdp, alpha=alpha) if solution is None else solution
         table = sol.advantage
