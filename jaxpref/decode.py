@@ -165,8 +165,8 @@ class _Carry(NamedTuple):
 
 
 def _check_prompt(fn, prompt_ids, prompt_mask):
-    check_rank("prompt_ids", prompt_ids, 2, fn=fn)
-    check_same_shape(fn, "prompt_ids", {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask})
+    check_rank(prompt_ids, "prompt_ids", 2, fn=fn)
+    check_same_shape({"prompt_ids": prompt_ids, "prompt_mask": prompt_mask}, "prompt_ids", fn=fn)
     if prompt_mask is None:
         prompt_mask = jnp.ones(prompt_ids.shape, bool)
     return left_align(prompt_ids, prompt_mask)

@@ -73,7 +73,7 @@ def masked_sum(values, mask=None, *, axis: int = -1):
     values = f32(values)
     if mask is None:
         return jnp.sum(values, axis=axis)
-    check_same_shape("masked_sum", "values", {"values": values, "mask": mask})
+    check_same_shape({"values": values, "mask": mask}, "values", fn="masked_sum")
     m = _mask_or_ones(mask, values)
     return jnp.sum(jnp.where(m != 0, values, 0.0) * m, axis=axis)
 
@@ -142,11 +142,13 @@ def shift_targets(input_ids, loss_mask=None):
       >>> print(t, m)
       [[6 7 0]] [[1. 1. 0.]]
     """
-    check_rank("input_ids", input_ids, 2, fn="shift_targets")
+    check_rank(input_ids, "input_ids", 2, fn="shift_targets")
     input_ids = jnp.asarray(input_ids)
     if loss_mask is None:
         loss_mask = jnp.ones(input_ids.shape, jnp.float32)
-    check_same_shape("shift_targets", "input_ids", {"input_ids": input_ids, "loss_mask": loss_mask})
+    check_same_shape(
+        {"input_ids": input_ids, "loss_mask": loss_mask}, "input_ids", fn="shift_targets"
+    )
     pad_ids = jnp.zeros((input_ids.shape[0], 1), jnp.int32)
     pad_mask = jnp.zeros((input_ids.shape[0], 1), jnp.float32)
     targets = jnp.concatenate([input_ids[:, 1:].astype(jnp.int32), pad_ids], axis=1)
@@ -188,7 +190,7 @@ def token_logprobs(logits, targets, mask=None):
       >>> print(token_logprobs(logits, jnp.array([[1, 0]])).round(4))
       [[-0.2877 -0.6931]]
     """
-    check_rank("logits", logits, 3, fn="token_logprobs")
+    check_rank(logits, "logits", 3, fn="token_logprobs")
     _check_targets("token_logprobs", targets, jnp.shape(logits)[:2])
     logits = f32(logits)
     vocab = logits.shape[-1]
@@ -197,7 +199,7 @@ def token_logprobs(logits, targets, mask=None):
     logps = picked - jax.nn.logsumexp(logits, axis=-1)
     if mask is None:
         return logps
-    check_same_shape("token_logprobs", "targets", {"targets": targets, "mask": mask})
+    check_same_shape({"targets": targets, "mask": mask}, "targets", fn="token_logprobs")
     return jnp.where(jnp.asarray(mask) != 0, logps, 0.0)
 
 
@@ -259,7 +261,7 @@ def concat_pairs(chosen, rejected):
       >>> print(concat_pairs(jnp.array([0, 1]), jnp.array([2, 3])))
       [0 1 2 3]
     """
-    check_same_shape("concat_pairs", "chosen", {"chosen": chosen, "rejected": rejected})
+    check_same_shape({"chosen": chosen, "rejected": rejected}, "chosen", fn="concat_pairs")
     return jnp.concatenate([chosen, rejected], axis=0)
 
 
@@ -284,7 +286,7 @@ def entropy(logits, mask=None):
     ent = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
     if mask is None:
         return ent
-    check_same_shape("entropy", "mask", {"mask": mask, "logits[..., 0]": ent})
+    check_same_shape({"mask": mask, "logits[..., 0]": ent}, "mask", fn="entropy")
     return jnp.where(jnp.asarray(mask) != 0, ent, 0.0)
 
 
@@ -308,13 +310,13 @@ def kl_divergence(logits_p, logits_q, mask=None):
       >>> print(kl_divergence(p, q).round(4))
       [0.5108]
     """
-    check_same_shape("kl_divergence", "logits_p", {"logits_p": logits_p, "logits_q": logits_q})
+    check_same_shape({"logits_p": logits_p, "logits_q": logits_q}, "logits_p", fn="kl_divergence")
     logp = jax.nn.log_softmax(f32(logits_p), axis=-1)
     logq = jax.nn.log_softmax(f32(logits_q), axis=-1)
     kl = jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)
     if mask is None:
         return kl
-    check_same_shape("kl_divergence", "mask", {"mask": mask, "logits_p[..., 0]": kl})
+    check_same_shape({"mask": mask, "logits_p[..., 0]": kl}, "mask", fn="kl_divergence")
     return jnp.where(jnp.asarray(mask) != 0, kl, 0.0)
 
 
@@ -466,8 +468,8 @@ def chunked_token_logprobs(
       >>> print(bool(jnp.allclose(a, b, atol=1e-5)))
       True
     """
-    check_rank("hidden", hidden, 3, fn="chunked_token_logprobs")
-    check_rank("unembedding", unembedding, 2, fn="chunked_token_logprobs")
+    check_rank(hidden, "hidden", 3, fn="chunked_token_logprobs")
+    check_rank(unembedding, "unembedding", 2, fn="chunked_token_logprobs")
     b, t, d = hidden.shape
     if unembedding.shape[0] != d:
         raise ValueError(
@@ -495,5 +497,5 @@ def chunked_token_logprobs(
     logps = _fused_logprobs(h2, unembedding, t2, row_chunk, vocab_chunk)[:n].reshape(b, t)
     if mask is None:
         return logps
-    check_same_shape("chunked_token_logprobs", "targets", {"targets": targets, "mask": mask})
+    check_same_shape({"targets": targets, "mask": mask}, "targets", fn="chunked_token_logprobs")
     return jnp.where(jnp.asarray(mask) != 0, logps, 0.0)

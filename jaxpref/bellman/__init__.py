@@ -9,7 +9,7 @@ visitation), the token-level MDP view of a language model (Q, V and rewards from
 the PPO/RLHF token objectives complete the package. Nothing here imports Flax.
 """
 
-from jaxpref.bellman._batching import (
+from jaxpref.bellman._layouts import (
     discounted_returns_batch_major,
     discounted_returns_time_major,
     lambda_returns_batch_major,

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxpref._checks import check_floating, check_rank, check_same_shape, f32
-from jaxpref.bellman._batching import truncated_generalized_advantage_estimation_batch_major
+from jaxpref.bellman._layouts import truncated_generalized_advantage_estimation_batch_major
 
 __all__ = [
     "PPOAux",
@@ -38,9 +38,9 @@ __all__ = [
 
 def _check_grid(fn: str, arrays: dict, mask) -> tuple[int, int]:
     first = next(iter(arrays))
-    check_rank(first, arrays[first], 2, fn=fn)
-    check_floating(fn, arrays)
-    return check_same_shape(fn, first, {**arrays, "mask": mask})
+    check_rank(arrays[first], first, 2, fn=fn)
+    check_floating(arrays, fn=fn)
+    return check_same_shape({**arrays, "mask": mask}, first, fn=fn)
 
 
 def _zero_masked(valid, *arrays):
@@ -167,7 +167,7 @@ def rlhf_token_rewards(
     shape = _check_grid(
         fn, {"logp": logp, "ref_logp": ref_logp, "dense_rewards": dense_rewards}, mask
     )
-    check_floating(fn, {"scores": scores})
+    check_floating({"scores": scores}, fn=fn)
     if tuple(jnp.shape(scores)) != shape[:1]:
         raise ValueError(
             f"{fn}: `scores` must have shape {shape[:1]} (one per row of `logp` {shape}), got "

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxpref._checks import check_floating, check_rank, check_same_shape
-from jaxpref.bellman._multistep import _floats, _maybe_stop
-from jaxpref.bellman._value_learning import _check_transition, _select
+from jaxpref.bellman._args import check_tau, check_transition, floats, maybe_stop, select
+from jaxpref.bellman._soft_max import soft_argmax, soft_max
 
 __all__ = [
     "kl_regularized_bellman_backup",
@@ -33,65 +33,11 @@ __all__ = [
 ]
 
 
-def _is_static_zero(tau) -> bool:
-    return isinstance(tau, int | float) and tau == 0
-
-
-def _check_tau(fn: str, tau) -> None:
-    check_rank("tau", tau, 0, fn=fn)
-    if isinstance(tau, int | float) and tau < 0:
-        raise ValueError(f"{fn}: `tau` must be >= 0, got {tau}.")
-
-
-def _shifted_logits(q, log_prior, tau):
-    """`(y, m)`: `y = q + tau log_prior` (-inf off the prior's support), `m = max y` (finite)."""
-    if log_prior is None:
-        y = q
-    else:
-        support = log_prior > -jnp.inf
-        y = jnp.where(support, q + tau * jnp.where(support, log_prior, 0.0), -jnp.inf)
-    m = jax.lax.stop_gradient(jnp.max(y, axis=-1, keepdims=True))
-    m = jnp.where(jnp.isfinite(m), m, 0.0)
-    return y, m
-
-
-def _soft_max(q, log_prior, tau):
-    """`tau * logsumexp(q / tau + log_prior)` over the last axis; its `tau -> 0` limit at 0."""
-    if _is_static_zero(tau):
-        y, _ = _shifted_logits(q, log_prior, 0.0)
-        return jnp.max(y, axis=-1)
-    tau = jnp.asarray(tau, q.dtype)
-    positive = tau > 0
-    safe_tau = jnp.where(positive, tau, 1.0)
-    y, m = _shifted_logits(q, log_prior, jnp.where(positive, tau, 0.0))
-    soft = m[..., 0] + safe_tau * jnp.log(jnp.sum(jnp.exp((y - m) / safe_tau), axis=-1))
-    return jnp.where(positive, soft, jnp.max(y, axis=-1))
-
-
-def _soft_argmax(q, log_prior, tau):
-    """`softmax(q / tau + log_prior)` over the last axis; uniform over maximisers at `tau = 0`."""
-
-    def greedy(y):
-        best = y >= jnp.max(y, axis=-1, keepdims=True)
-        best = best.astype(q.dtype)
-        return best / jnp.sum(best, axis=-1, keepdims=True)
-
-    if _is_static_zero(tau):
-        y, _ = _shifted_logits(q, log_prior, 0.0)
-        return greedy(y)
-    tau = jnp.asarray(tau, q.dtype)
-    positive = tau > 0
-    safe_tau = jnp.where(positive, tau, 1.0)
-    y, _ = _shifted_logits(q, log_prior, jnp.where(positive, tau, 0.0))
-    soft = jax.nn.softmax(y / safe_tau, axis=-1)
-    return jnp.where(positive, soft, greedy(jax.lax.stop_gradient(y)))
-
-
 def _check_q(fn: str, q, log_pi_ref=None):
-    check_rank("q", q, range(1, 8), fn=fn)
-    check_floating(fn, {"q": q, "log_pi_ref": log_pi_ref})
+    check_rank(q, "q", range(1, 8), fn=fn)
+    check_floating({"q": q, "log_pi_ref": log_pi_ref}, fn=fn)
     if log_pi_ref is not None:
-        check_same_shape(fn, "q", {"q": q, "log_pi_ref": log_pi_ref})
+        check_same_shape({"q": q, "log_pi_ref": log_pi_ref}, "q", fn=fn)
 
 
 def soft_value(q: ArrayLike, *, tau: ArrayLike = 1.0) -> jax.Array:
@@ -122,9 +68,9 @@ def soft_value(q: ArrayLike, *, tau: ArrayLike = 1.0) -> jax.Array:
     """
     fn = "soft_value"
     _check_q(fn, q)
-    _check_tau(fn, tau)
-    (q,) = _floats(q)
-    return _soft_max(q, None, tau)
+    check_tau(tau, fn=fn)
+    (q,) = floats(q)
+    return soft_max(q, None, tau)
 
 
 def soft_policy(q: ArrayLike, *, tau: ArrayLike = 1.0) -> jax.Array:
@@ -152,9 +98,9 @@ def soft_policy(q: ArrayLike, *, tau: ArrayLike = 1.0) -> jax.Array:
     """
     fn = "soft_policy"
     _check_q(fn, q)
-    _check_tau(fn, tau)
-    (q,) = _floats(q)
-    return _soft_argmax(q, None, tau)
+    check_tau(tau, fn=fn)
+    (q,) = floats(q)
+    return soft_argmax(q, None, tau)
 
 
 def kl_regularized_value(q: ArrayLike, log_pi_ref: ArrayLike, *, tau: ArrayLike = 1.0) -> jax.Array:
@@ -186,9 +132,9 @@ def kl_regularized_value(q: ArrayLike, log_pi_ref: ArrayLike, *, tau: ArrayLike 
     """
     fn = "kl_regularized_value"
     _check_q(fn, q, log_pi_ref)
-    _check_tau(fn, tau)
-    q, log_pi_ref = _floats(q, log_pi_ref)
-    return _soft_max(q, log_pi_ref, tau)
+    check_tau(tau, fn=fn)
+    q, log_pi_ref = floats(q, log_pi_ref)
+    return soft_max(q, log_pi_ref, tau)
 
 
 def kl_regularized_policy(
@@ -220,18 +166,18 @@ def kl_regularized_policy(
     """
     fn = "kl_regularized_policy"
     _check_q(fn, q, log_pi_ref)
-    _check_tau(fn, tau)
-    q, log_pi_ref = _floats(q, log_pi_ref)
-    return _soft_argmax(q, log_pi_ref, tau)
+    check_tau(tau, fn=fn)
+    q, log_pi_ref = floats(q, log_pi_ref)
+    return soft_argmax(q, log_pi_ref, tau)
 
 
 def _check_backup(fn: str, r_t, discount_t, q_t, log_pi_ref_t=None):
-    check_rank("q_t", q_t, range(1, 8), fn=fn)
+    check_rank(q_t, "q_t", range(1, 8), fn=fn)
     check_floating(
-        fn, {"r_t": r_t, "discount_t": discount_t, "q_t": q_t, "log_pi_ref_t": log_pi_ref_t}
+        {"r_t": r_t, "discount_t": discount_t, "q_t": q_t, "log_pi_ref_t": log_pi_ref_t}, fn=fn
     )
     if log_pi_ref_t is not None:
-        check_same_shape(fn, "q_t", {"q_t": q_t, "log_pi_ref_t": log_pi_ref_t})
+        check_same_shape({"q_t": q_t, "log_pi_ref_t": log_pi_ref_t}, "q_t", fn=fn)
     batch = tuple(jnp.shape(q_t))[:-1]
     for name, value in (("r_t", r_t), ("discount_t", discount_t)):
         if tuple(jnp.shape(value)) != batch:
@@ -268,9 +214,9 @@ def soft_bellman_backup(
     """
     fn = "soft_bellman_backup"
     _check_backup(fn, r_t, discount_t, q_t)
-    _check_tau(fn, tau)
-    r_t, discount_t, q_t = _floats(r_t, discount_t, q_t)
-    return r_t + discount_t * _soft_max(q_t, None, tau)
+    check_tau(tau, fn=fn)
+    r_t, discount_t, q_t = floats(r_t, discount_t, q_t)
+    return r_t + discount_t * soft_max(q_t, None, tau)
 
 
 def kl_regularized_bellman_backup(
@@ -307,9 +253,9 @@ def kl_regularized_bellman_backup(
     """
     fn = "kl_regularized_bellman_backup"
     _check_backup(fn, r_t, discount_t, q_t, log_pi_ref_t)
-    _check_tau(fn, tau)
-    r_t, discount_t, q_t, log_pi_ref_t = _floats(r_t, discount_t, q_t, log_pi_ref_t)
-    return r_t + discount_t * _soft_max(q_t, log_pi_ref_t, tau)
+    check_tau(tau, fn=fn)
+    r_t, discount_t, q_t, log_pi_ref_t = floats(r_t, discount_t, q_t, log_pi_ref_t)
+    return r_t + discount_t * soft_max(q_t, log_pi_ref_t, tau)
 
 
 def soft_q_learning(
@@ -351,11 +297,11 @@ def soft_q_learning(
     """
     fn = "soft_q_learning"
     a_tm1 = jnp.asarray(a_tm1)
-    _check_transition(fn, q_tm1, a_tm1, r_t, discount_t, q_t)
-    _check_tau(fn, tau)
-    q_tm1, r_t, discount_t, q_t = _floats(q_tm1, r_t, discount_t, q_t)
-    target = _maybe_stop(r_t + discount_t * _soft_max(q_t, None, tau), stop_target_gradients)
-    return target - _select(q_tm1, a_tm1)
+    check_transition(q_tm1, a_tm1, r_t, discount_t, q_t, fn=fn)
+    check_tau(tau, fn=fn)
+    q_tm1, r_t, discount_t, q_t = floats(q_tm1, r_t, discount_t, q_t)
+    target = maybe_stop(r_t + discount_t * soft_max(q_t, None, tau), stop_target_gradients)
+    return target - select(q_tm1, a_tm1)
 
 
 def kl_regularized_q_learning(
@@ -398,9 +344,11 @@ def kl_regularized_q_learning(
     """
     fn = "kl_regularized_q_learning"
     a_tm1 = jnp.asarray(a_tm1)
-    _check_transition(fn, q_tm1, a_tm1, r_t, discount_t, q_t, {"log_pi_ref_t": log_pi_ref_t})
-    check_floating(fn, {"log_pi_ref_t": log_pi_ref_t})
-    _check_tau(fn, tau)
-    q_tm1, r_t, discount_t, q_t, log_pi_ref_t = _floats(q_tm1, r_t, discount_t, q_t, log_pi_ref_t)
-    target = r_t + discount_t * _soft_max(q_t, log_pi_ref_t, tau)
-    return _maybe_stop(target, stop_target_gradients) - _select(q_tm1, a_tm1)
+    check_transition(
+        q_tm1, a_tm1, r_t, discount_t, q_t, extra={"log_pi_ref_t": log_pi_ref_t}, fn=fn
+    )
+    check_floating({"log_pi_ref_t": log_pi_ref_t}, fn=fn)
+    check_tau(tau, fn=fn)
+    q_tm1, r_t, discount_t, q_t, log_pi_ref_t = floats(q_tm1, r_t, discount_t, q_t, log_pi_ref_t)
+    target = r_t + discount_t * soft_max(q_t, log_pi_ref_t, tau)
+    return maybe_stop(target, stop_target_gradients) - select(q_tm1, a_tm1)

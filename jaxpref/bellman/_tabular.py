@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxpref._checks import check_floating, check_rank
-from jaxpref.bellman._multistep import _floats
-from jaxpref.bellman._soft import _check_tau, _soft_argmax, _soft_max
+from jaxpref._checks import check_floating, check_int, check_rank
+from jaxpref.bellman._args import check_tau, floats
+from jaxpref.bellman._soft_max import soft_argmax, soft_max
 
 __all__ = [
     "SoftValueIterationResult",
@@ -39,9 +39,9 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def _check_mdp(fn: str, reward, transitions, log_pi_ref=None) -> tuple[int, int]:
-    check_rank("reward", reward, 2, fn=fn)
-    check_rank("transitions", transitions, 3, fn=fn)
-    check_floating(fn, {"reward": reward, "transitions": transitions, "log_pi_ref": log_pi_ref})
+    check_rank(reward, "reward", 2, fn=fn)
+    check_rank(transitions, "transitions", 3, fn=fn)
+    check_floating({"reward": reward, "transitions": transitions, "log_pi_ref": log_pi_ref}, fn=fn)
     s, a = jnp.shape(reward)
     if tuple(jnp.shape(transitions)) != (s, a, s):
         raise ValueError(
@@ -57,7 +57,7 @@ def _check_mdp(fn: str, reward, transitions, log_pi_ref=None) -> tuple[int, int]
 
 
 def _check_state_vector(fn: str, name: str, v, num_states: int) -> None:
-    check_floating(fn, {name: v})
+    check_floating({name: v}, fn=fn)
     if tuple(jnp.shape(v)) != (num_states,):
         raise ValueError(
             f"{fn}: `{name}` must have shape {(num_states,)} (one entry per state), got "
@@ -66,8 +66,8 @@ def _check_state_vector(fn: str, name: str, v, num_states: int) -> None:
 
 
 def _check_policy(fn: str, policy, num_states: int, num_actions: int, ranks=(2,)) -> None:
-    check_rank("policy", policy, ranks, fn=fn)
-    check_floating(fn, {"policy": policy})
+    check_rank(policy, "policy", ranks, fn=fn)
+    check_floating({"policy": policy}, fn=fn)
     if tuple(jnp.shape(policy))[-2:] != (num_states, num_actions):
         raise ValueError(
             f"{fn}: `policy` must end in {(num_states, num_actions)} ([S, A]), got "
@@ -124,7 +124,7 @@ def q_from_v(
     fn = "q_from_v"
     s, _ = _check_mdp(fn, reward, transitions)
     _check_state_vector(fn, "v", v, s)
-    v, reward, transitions = _floats(v, reward, transitions)
+    v, reward, transitions = floats(v, reward, transitions)
     return _q(v, reward, transitions, discount)
 
 
@@ -173,10 +173,10 @@ def soft_bellman_operator(
     fn = "soft_bellman_operator"
     s, _ = _check_mdp(fn, reward, transitions, log_pi_ref)
     _check_state_vector(fn, "v", v, s)
-    _check_tau(fn, tau)
-    v, reward, transitions = _floats(v, reward, transitions)
-    prior = None if log_pi_ref is None else _floats(log_pi_ref)[0]
-    return _soft_max(_q(v, reward, transitions, discount), prior, tau)
+    check_tau(tau, fn=fn)
+    v, reward, transitions = floats(v, reward, transitions)
+    prior = None if log_pi_ref is None else floats(log_pi_ref)[0]
+    return soft_max(_q(v, reward, transitions, discount), prior, tau)
 
 
 def soft_bellman_residual(
@@ -220,7 +220,7 @@ def soft_bellman_residual(
     tv = soft_bellman_operator(
         v, reward, transitions, discount=discount, tau=tau, log_pi_ref=log_pi_ref
     )
-    return tv - _floats(v)[0].astype(tv.dtype)
+    return tv - floats(v)[0].astype(tv.dtype)
 
 
 class SoftValueIterationResult(NamedTuple):
@@ -250,7 +250,7 @@ def _soft_value_iteration_step(
     carry: _ValueCarry, _, *, reward, transitions_t, discount, tau, prior
 ):
     q = _q_next_state_major(carry.v, reward, transitions_t, discount)
-    return _ValueCarry(_soft_max(q, prior, tau)), None
+    return _ValueCarry(soft_max(q, prior, tau)), None
 
 
 def soft_value_iteration(
@@ -298,18 +298,15 @@ def soft_value_iteration(
     """
     fn = "soft_value_iteration"
     s, _ = _check_mdp(fn, reward, transitions, log_pi_ref)
-    _check_tau(fn, tau)
-    if not isinstance(num_iterations, int) or num_iterations < 0:
-        raise ValueError(
-            f"{fn}: `num_iterations` must be a Python int >= 0, got {num_iterations!r}."
-        )
-    reward, transitions = _floats(reward, transitions)
+    check_tau(tau, fn=fn)
+    check_int(num_iterations, "num_iterations", minimum=0, fn=fn)
+    reward, transitions = floats(reward, transitions)
     if v_init is None:
         v = jnp.zeros((s,), reward.dtype)
     else:
         _check_state_vector(fn, "v_init", v_init, s)
-        v = _floats(v_init)[0].astype(reward.dtype)
-    prior = None if log_pi_ref is None else _floats(log_pi_ref)[0].astype(reward.dtype)
+        v = floats(v_init)[0].astype(reward.dtype)
+    prior = None if log_pi_ref is None else floats(log_pi_ref)[0].astype(reward.dtype)
     transitions_t = _next_state_major(transitions)
     step = functools.partial(
         _soft_value_iteration_step,
@@ -321,8 +318,8 @@ def soft_value_iteration(
     )
     carry, _ = jax.lax.scan(step, _ValueCarry(v), None, length=num_iterations)
     q = _q_next_state_major(carry.v, reward, transitions_t, discount)
-    residual = jnp.max(jnp.abs(_soft_max(q, prior, tau) - carry.v))
-    return SoftValueIterationResult(carry.v, q, _soft_argmax(q, prior, tau), residual)
+    residual = jnp.max(jnp.abs(soft_max(q, prior, tau) - carry.v))
+    return SoftValueIterationResult(carry.v, q, soft_argmax(q, prior, tau), residual)
 
 
 def _policy_value(q, policy, tau):
@@ -375,8 +372,8 @@ def soft_policy_evaluation_operator(
     s, a = _check_mdp(fn, reward, transitions)
     _check_state_vector(fn, "v", v, s)
     _check_policy(fn, policy, s, a)
-    _check_tau(fn, tau)
-    v, policy, reward, transitions = _floats(v, policy, reward, transitions)
+    check_tau(tau, fn=fn)
+    v, policy, reward, transitions = floats(v, policy, reward, transitions)
     return _policy_value(_q(v, reward, transitions, discount), policy, tau)
 
 
@@ -427,17 +424,14 @@ def soft_policy_evaluation(
     fn = "soft_policy_evaluation"
     s, a = _check_mdp(fn, reward, transitions)
     _check_policy(fn, policy, s, a)
-    _check_tau(fn, tau)
-    if not isinstance(num_iterations, int) or num_iterations < 0:
-        raise ValueError(
-            f"{fn}: `num_iterations` must be a Python int >= 0, got {num_iterations!r}."
-        )
-    policy, reward, transitions = _floats(policy, reward, transitions)
+    check_tau(tau, fn=fn)
+    check_int(num_iterations, "num_iterations", minimum=0, fn=fn)
+    policy, reward, transitions = floats(policy, reward, transitions)
     if v_init is None:
         v = jnp.zeros((s,), reward.dtype)
     else:
         _check_state_vector(fn, "v_init", v_init, s)
-        v = _floats(v_init)[0].astype(reward.dtype)
+        v = floats(v_init)[0].astype(reward.dtype)
     step = functools.partial(
         _policy_evaluation_step,
         policy=policy,
@@ -505,8 +499,8 @@ def state_visitation(
       [1.0, 2.0]
     """
     fn = "state_visitation"
-    check_rank("transitions", transitions, 3, fn=fn)
-    check_floating(fn, {"transitions": transitions})
+    check_rank(transitions, "transitions", 3, fn=fn)
+    check_floating({"transitions": transitions}, fn=fn)
     s, a, s2 = jnp.shape(transitions)
     if s2 != s:
         raise ValueError(
@@ -514,14 +508,13 @@ def state_visitation(
         )
     _check_policy(fn, policy, s, a, ranks=(2, 3))
     _check_state_vector(fn, "initial_distribution", initial_distribution, s)
-    if not isinstance(horizon, int) or horizon < 0:
-        raise ValueError(f"{fn}: `horizon` must be a Python int >= 0, got {horizon!r}.")
+    check_int(horizon, "horizon", minimum=0, fn=fn)
     if jnp.ndim(policy) == 3 and jnp.shape(policy)[0] != horizon:
         raise ValueError(
             f"{fn}: a time-varying `policy` must have {horizon} steps (`horizon`), got shape "
             f"{tuple(jnp.shape(policy))}."
         )
-    policy, transitions, d0 = _floats(policy, transitions, initial_distribution)
+    policy, transitions, d0 = floats(policy, transitions, initial_distribution)
     stationary = policy.ndim == 2
     step = functools.partial(
         _visitation_step,

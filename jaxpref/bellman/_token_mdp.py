@@ -68,10 +68,10 @@ __all__ = [
 
 
 def _check_logits(fn: str, logits, tokens=None, mask=None, name: str = "logits"):
-    check_rank(name, logits, 3, fn=fn)
-    check_floating(fn, {name: logits})
+    check_rank(logits, name, 3, fn=fn)
+    check_floating({name: logits}, fn=fn)
     if tokens is not None:
-        check_rank("tokens", tokens, 2, fn=fn)
+        check_rank(tokens, "tokens", 2, fn=fn)
         if not jnp.issubdtype(jnp.result_type(tokens), jnp.integer):
             raise TypeError(
                 f"{fn}: `tokens` must be an integer array, got dtype {jnp.result_type(tokens)}."
@@ -82,7 +82,7 @@ def _check_logits(fn: str, logits, tokens=None, mask=None, name: str = "logits")
                 f"`{name}` {tuple(jnp.shape(logits))}), got {tuple(jnp.shape(tokens))}."
             )
         if mask is not None:
-            check_same_shape(fn, "tokens", {"tokens": tokens, "mask": mask})
+            check_same_shape({"tokens": tokens, "mask": mask}, "tokens", fn=fn)
 
 
 def _log_softmax_selected(logits, tokens, valid=None):
@@ -216,9 +216,9 @@ def token_q_decomposition(
 
 def _check_pair(fn, policy_logits, ref_logits, tokens, mask):
     _check_logits(fn, policy_logits, tokens, mask, name="policy_logits")
-    check_floating(fn, {"ref_logits": ref_logits})
+    check_floating({"ref_logits": ref_logits}, fn=fn)
     check_same_shape(
-        fn, "policy_logits", {"policy_logits": policy_logits, "ref_logits": ref_logits}
+        {"policy_logits": policy_logits, "ref_logits": ref_logits}, "policy_logits", fn=fn
     )
 
 
@@ -402,8 +402,8 @@ def token_soft_bellman_residual(
     """
     fn = "token_soft_bellman_residual"
     _check_pair(fn, policy_logits, ref_logits, tokens, mask)
-    check_floating(fn, {"rewards": rewards})
-    check_same_shape(fn, "tokens", {"tokens": tokens, "rewards": rewards})
+    check_floating({"rewards": rewards}, fn=fn)
+    check_same_shape({"tokens": tokens, "rewards": rewards}, "tokens", fn=fn)
     valid = _valid(mask)
     implied = token_rewards_from_q(policy_logits, ref_logits, tokens, mask, beta=beta)
     return jnp.where(valid, f32(rewards), 0.0) - implied

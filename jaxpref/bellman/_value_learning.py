@@ -3,7 +3,7 @@
 `td_learning`, `q_learning` and `expected_sarsa` act on single transitions as in rlax and also
 accept leading batch axes (`[..., A]` action values with `[...]` actions, rewards, discounts),
 so a `[B, T]` grid of transitions needs no `vmap`. `td_lambda` and `retrace` act on one
-trajectory `[T]` and are reverse scans (see `_multistep`). Targets are wrapped in
+trajectory `[T]` and are reverse scans (see `_recursions`). Targets are wrapped in
 `stop_gradient` by default (`stop_target_gradients=True`), as in rlax.
 """
 
@@ -16,14 +16,16 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxpref._checks import check_floating, check_rank, check_same_shape
-from jaxpref.bellman._multistep import (
-    _check_sequences,
-    _floats,
-    _maybe_stop,
-    _per_step,
-    _resolve_unroll,
-    _scan_lambda_returns,
+from jaxpref.bellman._args import (
+    check_actions,
+    check_per_step,
+    check_sequences,
+    check_transition,
+    floats,
+    maybe_stop,
+    select,
 )
+from jaxpref.bellman._recursions import resolve_unroll, scan_lambda_returns
 
 __all__ = [
     "expected_sarsa",
@@ -32,38 +34,6 @@ __all__ = [
     "td_lambda",
     "td_learning",
 ]
-
-
-def _check_actions(fn: str, name: str, actions, batch_shape: tuple[int, ...], q_name: str):
-    if not jnp.issubdtype(jnp.result_type(actions), jnp.integer):
-        raise TypeError(
-            f"{fn}: `{name}` must be an integer array of action indices, got dtype "
-            f"{jnp.result_type(actions)}."
-        )
-    if tuple(jnp.shape(actions)) != tuple(batch_shape):
-        raise ValueError(
-            f"{fn}: `{name}` must have shape {tuple(batch_shape)} (the leading axes of "
-            f"`{q_name}`), got {tuple(jnp.shape(actions))}."
-        )
-
-
-def _select(q, a):
-    """`q[..., a]` for integer actions `a` of shape `q.shape[:-1]`."""
-    return jnp.take_along_axis(q, a[..., None], axis=-1)[..., 0]
-
-
-def _check_transition(fn: str, q_tm1, a_tm1, r_t, discount_t, q_t, extra: dict | None = None):
-    check_rank("q_tm1", q_tm1, range(1, 8), fn=fn)
-    check_floating(fn, {"q_tm1": q_tm1, "r_t": r_t, "discount_t": discount_t, "q_t": q_t})
-    check_same_shape(fn, "q_tm1", {"q_tm1": q_tm1, "q_t": q_t, **(extra or {})})
-    batch = tuple(jnp.shape(q_tm1))[:-1]
-    _check_actions(fn, "a_tm1", a_tm1, batch, "q_tm1")
-    for name, value in (("r_t", r_t), ("discount_t", discount_t)):
-        if tuple(jnp.shape(value)) != batch:
-            raise ValueError(
-                f"{fn}: `{name}` must have shape {batch} (the leading axes of `q_tm1` "
-                f"{tuple(jnp.shape(q_tm1))}), got {tuple(jnp.shape(value))}."
-            )
 
 
 def td_learning(
@@ -99,12 +69,12 @@ def td_learning(
       1.3
     """
     fn = "td_learning"
-    check_floating(fn, {"v_tm1": v_tm1, "r_t": r_t, "discount_t": discount_t, "v_t": v_t})
+    check_floating({"v_tm1": v_tm1, "r_t": r_t, "discount_t": discount_t, "v_t": v_t}, fn=fn)
     check_same_shape(
-        fn, "v_tm1", {"v_tm1": v_tm1, "r_t": r_t, "discount_t": discount_t, "v_t": v_t}
+        {"v_tm1": v_tm1, "r_t": r_t, "discount_t": discount_t, "v_t": v_t}, "v_tm1", fn=fn
     )
-    v_tm1, r_t, discount_t, v_t = _floats(v_tm1, r_t, discount_t, v_t)
-    target = _maybe_stop(r_t + discount_t * v_t, stop_target_gradients)
+    v_tm1, r_t, discount_t, v_t = floats(v_tm1, r_t, discount_t, v_t)
+    target = maybe_stop(r_t + discount_t * v_t, stop_target_gradients)
     return target - v_tm1
 
 
@@ -143,14 +113,14 @@ def td_lambda(
       [4.0, 3.0]
     """
     fn = "td_lambda"
-    shape = _check_sequences(
-        fn, 1, {"v_tm1": v_tm1, "r_t": r_t, "discount_t": discount_t, "v_t": v_t}
+    shape = check_sequences(
+        {"v_tm1": v_tm1, "r_t": r_t, "discount_t": discount_t, "v_t": v_t}, 1, fn=fn
     )
-    check_rank("lambda_", lambda_, (0, 1), fn=fn)
-    _per_step(fn, "lambda_", lambda_, shape, reference="v_tm1")
-    v_tm1, r_t, discount_t, v_t, lambda_ = _floats(v_tm1, r_t, discount_t, v_t, lambda_)
-    target = _scan_lambda_returns(r_t, discount_t, v_t, lambda_, unroll=_resolve_unroll(fn, None))
-    return _maybe_stop(target, stop_target_gradients) - v_tm1
+    check_rank(lambda_, "lambda_", (0, 1), fn=fn)
+    check_per_step(lambda_, "lambda_", shape, reference="v_tm1", fn=fn)
+    v_tm1, r_t, discount_t, v_t, lambda_ = floats(v_tm1, r_t, discount_t, v_t, lambda_)
+    target = scan_lambda_returns(r_t, discount_t, v_t, lambda_, unroll=resolve_unroll(fn, None))
+    return maybe_stop(target, stop_target_gradients) - v_tm1
 
 
 def q_learning(
@@ -190,10 +160,10 @@ def q_learning(
     """
     fn = "q_learning"
     a_tm1 = jnp.asarray(a_tm1)
-    _check_transition(fn, q_tm1, a_tm1, r_t, discount_t, q_t)
-    q_tm1, r_t, discount_t, q_t = _floats(q_tm1, r_t, discount_t, q_t)
-    target = _maybe_stop(r_t + discount_t * jnp.max(q_t, axis=-1), stop_target_gradients)
-    return target - _select(q_tm1, a_tm1)
+    check_transition(q_tm1, a_tm1, r_t, discount_t, q_t, fn=fn)
+    q_tm1, r_t, discount_t, q_t = floats(q_tm1, r_t, discount_t, q_t)
+    target = maybe_stop(r_t + discount_t * jnp.max(q_t, axis=-1), stop_target_gradients)
+    return target - select(q_tm1, a_tm1)
 
 
 def expected_sarsa(
@@ -237,12 +207,12 @@ def expected_sarsa(
     """
     fn = "expected_sarsa"
     a_tm1 = jnp.asarray(a_tm1)
-    check_floating(fn, {"probs_a_t": probs_a_t})
-    _check_transition(fn, q_tm1, a_tm1, r_t, discount_t, q_t, {"probs_a_t": probs_a_t})
-    q_tm1, r_t, discount_t, q_t, probs_a_t = _floats(q_tm1, r_t, discount_t, q_t, probs_a_t)
+    check_floating({"probs_a_t": probs_a_t}, fn=fn)
+    check_transition(q_tm1, a_tm1, r_t, discount_t, q_t, extra={"probs_a_t": probs_a_t}, fn=fn)
+    q_tm1, r_t, discount_t, q_t, probs_a_t = floats(q_tm1, r_t, discount_t, q_t, probs_a_t)
     expected = jnp.sum(q_t * probs_a_t, axis=-1)
-    target = _maybe_stop(r_t + discount_t * expected, stop_target_gradients)
-    return target - _select(q_tm1, a_tm1)
+    target = maybe_stop(r_t + discount_t * expected, stop_target_gradients)
+    return target - select(q_tm1, a_tm1)
 
 
 class _OffPolicyCarry(NamedTuple):
@@ -330,9 +300,8 @@ def retrace(
         ("discount_t", discount_t, 1),
         ("mu_t", mu_t, 1),
     ):
-        check_rank(name, value, rank, fn=fn)
+        check_rank(value, name, rank, fn=fn)
     check_floating(
-        fn,
         {
             "q_tm1": q_tm1,
             "q_t": q_t,
@@ -341,27 +310,28 @@ def retrace(
             "pi_t": pi_t,
             "mu_t": mu_t,
         },
+        fn=fn,
     )
-    check_same_shape(fn, "q_tm1", {"q_tm1": q_tm1, "q_t": q_t, "pi_t": pi_t})
+    check_same_shape({"q_tm1": q_tm1, "q_t": q_t, "pi_t": pi_t}, "q_tm1", fn=fn)
     steps = (jnp.shape(q_tm1)[0],)
-    check_same_shape(fn, "r_t", {"r_t": r_t, "discount_t": discount_t, "mu_t": mu_t})
+    check_same_shape({"r_t": r_t, "discount_t": discount_t, "mu_t": mu_t}, "r_t", fn=fn)
     if tuple(jnp.shape(r_t)) != steps:
         raise ValueError(
             f"{fn}: `r_t` must have shape {steps} (the time axis of `q_tm1` "
             f"{tuple(jnp.shape(q_tm1))}), got {tuple(jnp.shape(r_t))}."
         )
-    _check_actions(fn, "a_tm1", a_tm1, steps, "q_tm1")
-    _check_actions(fn, "a_t", a_t, steps, "q_t")
-    check_rank("lambda_", lambda_, (0, 1), fn=fn)
-    _per_step(fn, "lambda_", lambda_, steps)
-    q_tm1, q_t, r_t, discount_t, pi_t, mu_t, lambda_ = _floats(
+    check_actions(a_tm1, "a_tm1", steps, q_name="q_tm1", fn=fn)
+    check_actions(a_t, "a_t", steps, q_name="q_t", fn=fn)
+    check_rank(lambda_, "lambda_", (0, 1), fn=fn)
+    check_per_step(lambda_, "lambda_", steps, fn=fn)
+    q_tm1, q_t, r_t, discount_t, pi_t, mu_t, lambda_ = floats(
         q_tm1, q_t, r_t, discount_t, pi_t, mu_t, lambda_
     )
-    pi_a_t = _select(pi_t, a_t)
+    pi_a_t = select(pi_t, a_t)
     c_t = jnp.minimum(1.0, pi_a_t / (mu_t + eps)) * lambda_
     expected_q_t = jnp.sum(pi_t * q_t, axis=-1)
-    q_a_t = _select(q_t, a_t)
+    q_a_t = select(q_t, a_t)
     target = _scan_off_policy_returns(
-        q_a_t[:-1], expected_q_t, r_t, discount_t, c_t[:-1], unroll=_resolve_unroll(fn, None)
+        q_a_t[:-1], expected_q_t, r_t, discount_t, c_t[:-1], unroll=resolve_unroll(fn, None)
     )
-    return _maybe_stop(target, stop_target_gradients) - _select(q_tm1, a_tm1)
+    return maybe_stop(target, stop_target_gradients) - select(q_tm1, a_tm1)

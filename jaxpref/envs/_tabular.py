@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from jaxpref._checks import check_interval
+
 __all__ = [
     "TabularMDP",
     "Trajectory",
@@ -147,8 +149,7 @@ def gridworld(
             )
     if goal in blocked or tuple(start) in blocked:
         raise ValueError("gridworld: the goal and the start must not be walls.")
-    if not 0.0 <= slip <= 1.0:
-        raise ValueError(f"gridworld: `slip` must be in [0, 1], got {slip}.")
+    check_interval(slip, "slip", 0.0, 1.0, fn="gridworld")
     num_states, num_actions = height * width, len(_MOVES)
     deterministic = np.zeros((num_states, num_actions, num_states), np.float64)
     for row in range(height):

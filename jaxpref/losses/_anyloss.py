@@ -52,7 +52,7 @@ def amplify(p: ArrayLike, *, L: float = 73.0) -> jax.Array:
       >>> print(round(float(amplify(jnp.array(0.6), L=10.0)), 4))  # sigmoid(1)
       0.7311
     """
-    check_floating("amplify", {"p": p})
+    check_floating({"p": p}, fn="amplify")
     return jax.nn.sigmoid(L * (f32(p) - 0.5))
 
 
@@ -113,9 +113,9 @@ def soft_confusion_matrix(
       [1.0, 1.0, 1.0, 0.0]
     """
     fn = "soft_confusion_matrix"
-    check_rank("probs", probs, 1, fn=fn)
-    check_floating(fn, {"probs": probs})
-    check_same_shape(fn, "probs", {"probs": probs, "labels": labels, "mask": mask})
+    check_rank(probs, "probs", 1, fn=fn)
+    check_floating({"probs": probs}, fn=fn)
+    check_same_shape({"probs": probs, "labels": labels, "mask": mask}, "probs", fn=fn)
     probs = f32(probs)
     y = f32(labels)
     if mask is None:

@@ -41,14 +41,14 @@ def _weights(mask) -> tuple[jax.Array, jax.Array]:
 
 
 def _check_segments(fn: str, logps, mask, logps_name: str, mask_name: str) -> None:
-    check_rank(logps_name, logps, 2, fn=fn)
-    check_floating(fn, {logps_name: logps})
-    check_same_shape(fn, logps_name, {logps_name: logps, mask_name: mask})
+    check_rank(logps, logps_name, 2, fn=fn)
+    check_floating({logps_name: logps}, fn=fn)
+    check_same_shape({logps_name: logps, mask_name: mask}, logps_name, fn=fn)
 
 
 def _check_reference(fn: str, logps, ref_logps, logps_name: str, ref_name: str) -> None:
-    check_floating(fn, {ref_name: ref_logps})
-    check_same_shape(fn, logps_name, {logps_name: logps, ref_name: ref_logps})
+    check_floating({ref_name: ref_logps}, fn=fn)
+    check_same_shape({logps_name: logps, ref_name: ref_logps}, logps_name, fn=fn)
 
 
 def _check_batch(fn: str, arrays: dict) -> None:
@@ -142,9 +142,9 @@ def cpl_loss_from_scores(
       0.6931
     """
     fn = "cpl_loss_from_scores"
-    check_rank("score_pos", score_pos, 1, fn=fn)
-    check_floating(fn, {"score_pos": score_pos, "score_neg": score_neg})
-    check_same_shape(fn, "score_pos", {"score_pos": score_pos, "score_neg": score_neg})
+    check_rank(score_pos, "score_pos", 1, fn=fn)
+    check_floating({"score_pos": score_pos, "score_neg": score_neg}, fn=fn)
+    check_same_shape({"score_pos": score_pos, "score_neg": score_neg}, "score_pos", fn=fn)
     logits = f32(score_pos) - contrastive_bias * f32(score_neg)
     return -jax.nn.log_sigmoid(logits)
 
@@ -304,10 +304,10 @@ def cpl_rank_loss(
       0.6931
     """
     fn = "cpl_rank_loss"
-    check_rank("scores", scores, 1, fn=fn)
-    check_floating(fn, {"scores": scores})
+    check_rank(scores, "scores", 1, fn=fn)
+    check_floating({"scores": scores}, fn=fn)
     check_same_shape(
-        fn, "scores", {"scores": scores, "preference_scores": preference_scores, "mask": mask}
+        {"scores": scores, "preference_scores": preference_scores, "mask": mask}, "scores", fn=fn
     )
     n = jnp.shape(scores)[0]
     if mask is None:

@@ -56,7 +56,7 @@ def reverse_kl_link(logratios: jax.Array) -> jax.Array:
       >>> print(round(float(reverse_kl_link(jnp.array(-0.5))), 4))
       -0.5
     """
-    check_floating("reverse_kl_link", {"logratios": logratios})
+    check_floating({"logratios": logratios}, fn="reverse_kl_link")
     return f32(logratios)
 
 
@@ -81,7 +81,7 @@ def forward_kl_link(logratios: jax.Array) -> jax.Array:
       >>> print(round(float(forward_kl_link(jnp.array(0.5))), 4))
       0.3935
     """
-    check_floating("forward_kl_link", {"logratios": logratios})
+    check_floating({"logratios": logratios}, fn="forward_kl_link")
     return -jnp.expm1(-f32(logratios))
 
 
@@ -104,7 +104,7 @@ def js_divergence_link(logratios: jax.Array) -> jax.Array:
       >>> print(round(float(js_divergence_link(jnp.array(0.0))), 4))
       0.0
     """
-    check_floating("js_divergence_link", {"logratios": logratios})
+    check_floating({"logratios": logratios}, fn="js_divergence_link")
     return _LOG2 + jax.nn.log_sigmoid(f32(logratios))
 
 
@@ -131,7 +131,7 @@ def alpha_divergence_link(logratios: jax.Array, *, coef: float = 0.5) -> jax.Arr
       >>> print(round(float(alpha_divergence_link(jnp.array(1.0), coef=0.5)), 4))
       0.7869
     """
-    check_floating("alpha_divergence_link", {"logratios": logratios})
+    check_floating({"logratios": logratios}, fn="alpha_divergence_link")
     u = f32(logratios)
     if abs(coef - 1.0) < 1e-6:
         return u
@@ -139,20 +139,23 @@ def alpha_divergence_link(logratios: jax.Array, *, coef: float = 0.5) -> jax.Arr
     return jnp.expm1(t) / (coef - 1.0)
 
 
-_LINK_NAMES: tuple[str, ...] = (
-    "reverse_kl",
-    "forward_kl",
-    "js_divergence",
-    "alpha_divergence",
-)
+# TRL's `f_divergence_type` names; the only place a link name is mapped to its function.
+_LINKS: dict[str, Callable[..., jax.Array]] = {
+    "reverse_kl": reverse_kl_link,
+    "forward_kl": forward_kl_link,
+    "js_divergence": js_divergence_link,
+    "alpha_divergence": alpha_divergence_link,
+}
 
 
 def f_divergence_link(name: str, *, alpha: float = 0.5) -> Callable[[jax.Array], jax.Array]:
-    r"""Looks up an f-divergence link by TRL's `f_divergence_type` name.
+    r"""Looks up an f-divergence link by TRL's `f_divergence_type` name (for configs).
 
     .. math:: \text{reverse\_kl}: \log u,\quad \text{forward\_kl}: 1 - u^{-1},\quad
        \text{js\_divergence}: \log\tfrac{2u}{1+u},\quad
        \text{alpha\_divergence}: \tfrac{u^{\alpha-1}-1}{\alpha-1}
+
+    Library code calls the `*_link` functions directly; this maps a config string to one.
 
     Args:
       name: `"reverse_kl"`, `"forward_kl"`, `"js_divergence"` or `"alpha_divergence"`.
@@ -170,17 +173,14 @@ def f_divergence_link(name: str, *, alpha: float = 0.5) -> Callable[[jax.Array],
       >>> print(round(float(link(jnp.array(1.0))), 4))
       0.7869
     """
-    if name == "reverse_kl":
-        return reverse_kl_link
-    if name == "forward_kl":
-        return forward_kl_link
-    if name == "js_divergence":
-        return js_divergence_link
-    if name == "alpha_divergence":
+    link = _LINKS.get(name) if isinstance(name, str) else None
+    if link is None:
+        raise ValueError(
+            f"f_divergence_link: unknown f-divergence {name!r}; expected one of {tuple(_LINKS)}."
+        )
+    if link is alpha_divergence_link:
         return functools.partial(alpha_divergence_link, coef=alpha)
-    raise ValueError(
-        f"f_divergence_link: unknown f-divergence {name!r}; expected one of {_LINK_NAMES}."
-    )
+    return link
 
 
 def with_f_divergence(
@@ -232,14 +232,14 @@ def with_f_divergence(
         chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, *args, **kwargs
     ):
         check_same_shape(
-            "with_f_divergence",
-            "chosen_logps",
             {
                 "chosen_logps": chosen_logps,
                 "rejected_logps": rejected_logps,
                 "ref_chosen_logps": ref_chosen_logps,
                 "ref_rejected_logps": ref_rejected_logps,
             },
+            "chosen_logps",
+            fn="with_f_divergence",
         )
         chosen_scores = link_fn(f32(chosen_logps) - f32(ref_chosen_logps))
         rejected_scores = link_fn(f32(rejected_logps) - f32(ref_rejected_logps))
@@ -277,8 +277,8 @@ def log_sum_squared_probs(logits: jax.Array) -> jax.Array:
       -1.3863
     """
     fn = "log_sum_squared_probs"
-    check_rank("logits", logits, tuple(range(1, 9)), fn=fn)
-    check_floating(fn, {"logits": logits})
+    check_rank(logits, "logits", tuple(range(1, 9)), fn=fn)
+    check_floating({"logits": logits}, fn=fn)
     z = f32(logits)
     return jax.nn.logsumexp(2.0 * z, axis=-1) - 2.0 * jax.nn.logsumexp(z, axis=-1)
 
@@ -316,13 +316,15 @@ def wpo_weights(
       0.6065
     """
     fn = "wpo_weights"
-    check_rank("per_token_logps", per_token_logps, 2, fn=fn)
+    check_rank(per_token_logps, "per_token_logps", 2, fn=fn)
     check_same_shape(
-        fn,
-        "per_token_logps",
         {"per_token_logps": per_token_logps, "log_sum_sq_probs": log_sum_sq_probs, "mask": mask},
+        "per_token_logps",
+        fn=fn,
     )
-    check_floating(fn, {"per_token_logps": per_token_logps, "log_sum_sq_probs": log_sum_sq_probs})
+    check_floating(
+        {"per_token_logps": per_token_logps, "log_sum_sq_probs": log_sum_sq_probs}, fn=fn
+    )
     m = jnp.asarray(mask).astype(bool)
     aligned = jnp.where(m, f32(per_token_logps) - f32(log_sum_sq_probs), 0.0)
     lengths = jnp.maximum(jnp.sum(m.astype(jnp.float32), axis=-1), 1.0)
@@ -369,17 +371,17 @@ def ld_sequence_logps(
       -2.0 -2.0
     """
     fn = "ld_sequence_logps"
-    check_rank("chosen_token_logps", chosen_token_logps, 2, fn=fn)
-    check_rank("rejected_token_logps", rejected_token_logps, 2, fn=fn)
+    check_rank(chosen_token_logps, "chosen_token_logps", 2, fn=fn)
+    check_rank(rejected_token_logps, "rejected_token_logps", 2, fn=fn)
     check_same_shape(
-        fn,
-        "chosen_token_logps",
         {"chosen_token_logps": chosen_token_logps, "chosen_mask": chosen_mask},
+        "chosen_token_logps",
+        fn=fn,
     )
     check_same_shape(
-        fn,
-        "rejected_token_logps",
         {"rejected_token_logps": rejected_token_logps, "rejected_mask": rejected_mask},
+        "rejected_token_logps",
+        fn=fn,
     )
     if jnp.shape(chosen_token_logps)[0] != jnp.shape(rejected_token_logps)[0]:
         raise ValueError(
@@ -387,7 +389,8 @@ def ld_sequence_logps(
             f"({jnp.shape(chosen_token_logps)[0]}), got shape {jnp.shape(rejected_token_logps)}."
         )
     check_floating(
-        fn, {"chosen_token_logps": chosen_token_logps, "rejected_token_logps": rejected_token_logps}
+        {"chosen_token_logps": chosen_token_logps, "rejected_token_logps": rejected_token_logps},
+        fn=fn,
     )
     mc = jnp.asarray(chosen_mask).astype(bool)
     mr = jnp.asarray(rejected_mask).astype(bool)

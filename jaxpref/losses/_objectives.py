@@ -69,7 +69,7 @@ class PreferenceAux(NamedTuple):
 def _check_batch(fn, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, weights):
     if (ref_chosen_logps is None) != (ref_rejected_logps is None):
         raise ValueError(f"{fn}: give both `ref_chosen_logps` and `ref_rejected_logps` or neither.")
-    check_rank("chosen_logps", chosen_logps, 1, fn=fn)
+    check_rank(chosen_logps, "chosen_logps", 1, fn=fn)
     arrays = {
         "chosen_logps": chosen_logps,
         "rejected_logps": rejected_logps,
@@ -77,8 +77,8 @@ def _check_batch(fn, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejecte
         "ref_rejected_logps": ref_rejected_logps,
         "weights": weights,
     }
-    check_same_shape(fn, "chosen_logps", arrays)
-    check_floating(fn, {k: v for k, v in arrays.items() if k != "weights"})
+    check_same_shape(arrays, "chosen_logps", fn=fn)
+    check_floating({k: v for k, v in arrays.items() if k != "weights"}, fn=fn)
 
 
 def _aux(beta, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, use_ref, mask):

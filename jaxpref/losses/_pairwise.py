@@ -12,12 +12,17 @@ pass through unchecked.
 
 from __future__ import annotations
 
-import numbers
-
 import jax
 import jax.numpy as jnp
 
-from jaxpref._checks import check_floating, check_rank, check_same_shape, f32
+from jaxpref._checks import (
+    check_floating,
+    check_interval,
+    check_positive,
+    check_rank,
+    check_same_shape,
+    f32,
+)
 
 __all__ = [
     "aot_loss",
@@ -43,36 +48,27 @@ __all__ = [
 # Argument handling.
 
 
-def _is_static(value) -> bool:
-    return isinstance(value, numbers.Real)
-
-
-def _check_positive(fn: str, name: str, value) -> None:
-    if _is_static(value) and not value > 0:
-        raise ValueError(f"{fn}: `{name}` must be > 0, got {value}.")
-
-
-def _check_interval(
-    fn: str, name: str, value, low: float, high: float, *, closed_low: bool, closed_high: bool
-) -> None:
-    if not _is_static(value):
-        return
-    ok_low = value >= low if closed_low else value > low
-    ok_high = value <= high if closed_high else value < high
-    if not (ok_low and ok_high):
-        left = "[" if closed_low else "("
-        right = "]" if closed_high else ")"
-        raise ValueError(f"{fn}: `{name}` must lie in {left}{low}, {high}{right}, got {value}.")
-
-
 def _inputs(fn: str, logps: dict, lengths: dict | None = None) -> list:
     """Checks `[B]` ranks and shapes, then upcasts everything to float32 (lengths included)."""
     lengths = lengths or {}
     first = next(iter(logps))
-    check_rank(first, logps[first], 1, fn=fn)
-    check_same_shape(fn, first, {**logps, **lengths})
-    check_floating(fn, logps)
+    check_rank(logps[first], first, 1, fn=fn)
+    check_same_shape({**logps, **lengths}, first, fn=fn)
+    check_floating(logps, fn=fn)
     return [f32(v) for v in logps.values()] + [f32(v) for v in lengths.values()]
+
+
+def _pair_inputs(fn, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps):
+    """The four `[B]` log-prob arrays of a reference-based pair loss, checked, in float32."""
+    return _inputs(
+        fn,
+        {
+            "chosen_logps": chosen_logps,
+            "rejected_logps": rejected_logps,
+            "ref_chosen_logps": ref_chosen_logps,
+            "ref_rejected_logps": ref_rejected_logps,
+        },
+    )
 
 
 def _require_lengths(fn: str, chosen_lengths, rejected_lengths, *, rejected: bool = True) -> None:
@@ -92,7 +88,23 @@ def _require_lengths(fn: str, chosen_lengths, rejected_lengths, *, rejected: boo
 
 
 def _log_ratios(fn, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps):
-    c, r, rc, rr = _inputs(
+    """`(r_w, r_l)`: the chosen and rejected log-ratios `log π - log π_ref`, `[B]` float32."""
+    c, r, rc, rr = _pair_inputs(
+        fn, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps
+    )
+    return c - rc, r - rr
+
+
+def _length_normalised_log_ratios(fn, logps: tuple, lengths: tuple):
+    """`(r_w / max(|y_w|, 1), r_l / max(|y_l|, 1))`: per-token-averaged log-ratios.
+
+    `logps` holds the chosen, rejected, reference-chosen and reference-rejected `[B]` log-probs,
+    `lengths` the chosen and rejected `[B]` completion-token counts.
+    """
+    n_w, n_l = lengths
+    chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps = logps
+    _require_lengths(fn, n_w, n_l)
+    c, r, rc, rr, n_w, n_l = _inputs(
         fn,
         {
             "chosen_logps": chosen_logps,
@@ -100,8 +112,9 @@ def _log_ratios(fn, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected
             "ref_chosen_logps": ref_chosen_logps,
             "ref_rejected_logps": ref_rejected_logps,
         },
+        {"chosen_lengths": n_w, "rejected_lengths": n_l},
     )
-    return c - rc, r - rr
+    return (c - rc) / jnp.maximum(n_w, 1.0), (r - rr) / jnp.maximum(n_l, 1.0)
 
 
 def _smoothed_logistic(z, label_smoothing):
@@ -150,7 +163,7 @@ def dpo_loss(
       0.3133
     """
     fn = "dpo_loss"
-    _check_positive(fn, "beta", beta)
+    check_positive(beta, "beta", fn=fn)
     r_w, r_l = _log_ratios(fn, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
     return -jax.nn.log_sigmoid(beta * (r_w - r_l))
 
@@ -193,10 +206,8 @@ def cdpo_loss(
       0.4133
     """
     fn = "cdpo_loss"
-    _check_positive(fn, "beta", beta)
-    _check_interval(
-        fn, "label_smoothing", label_smoothing, 0.0, 1.0, closed_low=True, closed_high=True
-    )
+    check_positive(beta, "beta", fn=fn)
+    check_interval(label_smoothing, "label_smoothing", 0.0, 1.0, fn=fn)
     r_w, r_l = _log_ratios(fn, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
     return _smoothed_logistic(beta * (r_w - r_l), label_smoothing)
 
@@ -240,10 +251,8 @@ def robust_dpo_loss(
       0.1883
     """
     fn = "robust_dpo_loss"
-    _check_positive(fn, "beta", beta)
-    _check_interval(
-        fn, "label_smoothing", label_smoothing, 0.0, 0.5, closed_low=True, closed_high=False
-    )
+    check_positive(beta, "beta", fn=fn)
+    check_interval(label_smoothing, "label_smoothing", 0.0, 0.5, closed_high=False, fn=fn)
     r_w, r_l = _log_ratios(fn, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
     z = beta * (r_w - r_l)
     clean = -(1.0 - label_smoothing) * jax.nn.log_sigmoid(z)
@@ -287,7 +296,7 @@ def hinge_loss(
       0.6
     """
     fn = "hinge_loss"
-    _check_positive(fn, "beta", beta)
+    check_positive(beta, "beta", fn=fn)
     r_w, r_l = _log_ratios(fn, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
     return jax.nn.relu(1.0 - beta * (r_w - r_l))
 
@@ -334,19 +343,11 @@ def ipo_loss(
       0.0625
     """
     fn = "ipo_loss"
-    _check_positive(fn, "beta", beta)
-    _require_lengths(fn, chosen_lengths, rejected_lengths)
-    c, r, rc, rr, n_w, n_l = _inputs(
-        fn,
-        {
-            "chosen_logps": chosen_logps,
-            "rejected_logps": rejected_logps,
-            "ref_chosen_logps": ref_chosen_logps,
-            "ref_rejected_logps": ref_rejected_logps,
-        },
-        {"chosen_lengths": chosen_lengths, "rejected_lengths": rejected_lengths},
-    )
-    h = (c - rc) / jnp.maximum(n_w, 1.0) - (r - rr) / jnp.maximum(n_l, 1.0)
+    check_positive(beta, "beta", fn=fn)
+    logps = (chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    lengths = (chosen_lengths, rejected_lengths)
+    r_w, r_l = _length_normalised_log_ratios(fn, logps, lengths)
+    h = r_w - r_l
     return (h - 1.0 / (2.0 * beta)) ** 2
 
 
@@ -390,9 +391,9 @@ def exo_pair_loss(
       0.1141
     """
     fn = "exo_pair_loss"
-    _check_positive(fn, "beta", beta)
-    _check_interval(
-        fn, "label_smoothing", label_smoothing, 0.0, 1.0, closed_low=False, closed_high=False
+    check_positive(beta, "beta", fn=fn)
+    check_interval(
+        label_smoothing, "label_smoothing", 0.0, 1.0, closed_low=False, closed_high=False, fn=fn
     )
     r_w, r_l = _log_ratios(fn, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
     z = beta * (r_w - r_l)
@@ -443,8 +444,8 @@ def discopop_loss(
       0.8348
     """
     fn = "discopop_loss"
-    _check_positive(fn, "beta", beta)
-    _check_positive(fn, "discopop_tau", discopop_tau)
+    check_positive(beta, "beta", fn=fn)
+    check_positive(discopop_tau, "discopop_tau", fn=fn)
     r_w, r_l = _log_ratios(fn, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
     z = beta * (r_w - r_l)
     logistic = -jax.nn.log_sigmoid(z)
@@ -494,19 +495,11 @@ def sigmoid_norm_loss(
       0.3869
     """
     fn = "sigmoid_norm_loss"
-    _check_positive(fn, "beta", beta)
-    _require_lengths(fn, chosen_lengths, rejected_lengths)
-    c, r, rc, rr, n_w, n_l = _inputs(
-        fn,
-        {
-            "chosen_logps": chosen_logps,
-            "rejected_logps": rejected_logps,
-            "ref_chosen_logps": ref_chosen_logps,
-            "ref_rejected_logps": ref_rejected_logps,
-        },
-        {"chosen_lengths": chosen_lengths, "rejected_lengths": rejected_lengths},
-    )
-    h = (c - rc) / jnp.maximum(n_w, 1.0) - (r - rr) / jnp.maximum(n_l, 1.0)
+    check_positive(beta, "beta", fn=fn)
+    logps = (chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    lengths = (chosen_lengths, rejected_lengths)
+    r_w, r_l = _length_normalised_log_ratios(fn, logps, lengths)
+    h = r_w - r_l
     return -jax.nn.log_sigmoid(beta * h)
 
 
@@ -551,7 +544,7 @@ def nca_pair_loss(
       1.1265
     """
     fn = "nca_pair_loss"
-    _check_positive(fn, "beta", beta)
+    check_positive(beta, "beta", fn=fn)
     r_w, r_l = _log_ratios(fn, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
     return (
         -jax.nn.log_sigmoid(beta * r_w)
@@ -597,7 +590,7 @@ def bco_pair_loss(
       0.6265
     """
     fn = "bco_pair_loss"
-    _check_positive(fn, "beta", beta)
+    check_positive(beta, "beta", fn=fn)
     r_w, r_l = _log_ratios(fn, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
     return -jax.nn.log_sigmoid(beta * r_w) - jax.nn.log_sigmoid(-beta * r_l)
 
@@ -639,7 +632,7 @@ def sppo_hard_loss(
       2.0
     """
     fn = "sppo_hard_loss"
-    _check_positive(fn, "beta", beta)
+    check_positive(beta, "beta", fn=fn)
     r_w, r_l = _log_ratios(fn, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
     return (r_w - 0.5 / beta) ** 2 + (r_l + 0.5 / beta) ** 2
 
@@ -680,7 +673,7 @@ def apo_zero_loss(
       0.5379
     """
     fn = "apo_zero_loss"
-    _check_positive(fn, "beta", beta)
+    check_positive(beta, "beta", fn=fn)
     r_w, r_l = _log_ratios(fn, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
     return (1.0 - jax.nn.sigmoid(beta * r_w)) + jax.nn.sigmoid(beta * r_l)
 
@@ -721,7 +714,7 @@ def apo_down_loss(
       0.8503
     """
     fn = "apo_down_loss"
-    _check_positive(fn, "beta", beta)
+    check_positive(beta, "beta", fn=fn)
     r_w, r_l = _log_ratios(fn, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
     return jax.nn.sigmoid(beta * r_w) + (1.0 - jax.nn.sigmoid(beta * (r_w - r_l)))
 
@@ -771,18 +764,10 @@ def aot_loss(
       0.2201
     """
     fn = "aot_loss"
-    _check_positive(fn, "beta", beta)
-    _check_interval(
-        fn, "label_smoothing", label_smoothing, 0.0, 1.0, closed_low=True, closed_high=True
-    )
-    c, r, rc, rr = _inputs(
-        fn,
-        {
-            "chosen_logps": chosen_logps,
-            "rejected_logps": rejected_logps,
-            "ref_chosen_logps": ref_chosen_logps,
-            "ref_rejected_logps": ref_rejected_logps,
-        },
+    check_positive(beta, "beta", fn=fn)
+    check_interval(label_smoothing, "label_smoothing", 0.0, 1.0, fn=fn)
+    c, r, rc, rr = _pair_inputs(
+        fn, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps
     )
     d = jnp.sort(c - r) - jnp.sort(rc - rr)
     return _smoothed_logistic(beta * d, label_smoothing)
@@ -828,10 +813,8 @@ def aot_unpaired_loss(
       0.3005
     """
     fn = "aot_unpaired_loss"
-    _check_positive(fn, "beta", beta)
-    _check_interval(
-        fn, "label_smoothing", label_smoothing, 0.0, 1.0, closed_low=True, closed_high=True
-    )
+    check_positive(beta, "beta", fn=fn)
+    check_interval(label_smoothing, "label_smoothing", 0.0, 1.0, fn=fn)
     r_w, r_l = _log_ratios(fn, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
     d = jnp.sort(r_w) - jnp.sort(r_l)
     return _smoothed_logistic(beta * d, label_smoothing)

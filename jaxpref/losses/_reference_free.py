@@ -27,9 +27,9 @@ __all__ = [
 
 def _check_pair(fn: str, arrays: dict, floating: tuple[str, ...]) -> None:
     first = next(iter(arrays))
-    check_rank(first, arrays[first], 1, fn=fn)
-    check_same_shape(fn, first, arrays)
-    check_floating(fn, {k: arrays[k] for k in floating})
+    check_rank(arrays[first], first, 1, fn=fn)
+    check_same_shape(arrays, first, fn=fn)
+    check_floating({k: arrays[k] for k in floating}, fn=fn)
 
 
 def _smoothed_logistic(z: jax.Array, label_smoothing: float) -> jax.Array:
@@ -90,7 +90,7 @@ def alphapo_reward(logps: jax.Array, *, alpha: float) -> jax.Array:
       >>> print(round(float(alphapo_reward(jnp.array(-2.0), alpha=0.5)), 4))
       -3.4366
     """
-    check_floating("alphapo_reward", {"logps": logps})
+    check_floating({"logps": logps}, fn="alphapo_reward")
     logps = f32(logps)
     alpha = jnp.asarray(alpha, jnp.float32)
     is_zero = alpha == 0.0
@@ -290,7 +290,7 @@ def cpo_loss(
     )
     if chosen_nll is None and chosen_lengths is not None:
         check_same_shape(
-            fn, "chosen_logps", {"chosen_logps": chosen_logps, "chosen_lengths": chosen_lengths}
+            {"chosen_logps": chosen_logps, "chosen_lengths": chosen_lengths}, "chosen_logps", fn=fn
         )
         mean_w, valid_w = _safe_mean_logps(f32(chosen_logps), chosen_lengths)
         chosen_nll = jnp.where(valid_w, -mean_w, 0.0)
@@ -461,10 +461,8 @@ def orpo_sft_loss(
         nll = jnp.where(valid_w, -mean_w, 0.0)
     else:
         check_same_shape(
-            fn,
-            "chosen_logps",
-            {"chosen_logps": chosen_logps, "chosen_nll": chosen_nll},
+            {"chosen_logps": chosen_logps, "chosen_nll": chosen_nll}, "chosen_logps", fn=fn
         )
-        check_floating(fn, {"chosen_nll": chosen_nll})
+        check_floating({"chosen_nll": chosen_nll}, fn=fn)
         nll = f32(chosen_nll)
     return nll + odds_term

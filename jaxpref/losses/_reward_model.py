@@ -62,20 +62,17 @@ def bradley_terry_loss(
       0.3158
     """
     fn = "bradley_terry_loss"
-    check_rank("chosen_rewards", chosen_rewards, 1, fn=fn)
-    check_same_shape(
-        fn,
-        "chosen_rewards",
-        {"chosen_rewards": chosen_rewards, "rejected_rewards": rejected_rewards},
-    )
-    check_floating(fn, {"chosen_rewards": chosen_rewards, "rejected_rewards": rejected_rewards})
+    check_rank(chosen_rewards, "chosen_rewards", 1, fn=fn)
+    rewards = {"chosen_rewards": chosen_rewards, "rejected_rewards": rejected_rewards}
+    check_same_shape(rewards, "chosen_rewards", fn=fn)
+    check_floating(rewards, fn=fn)
     r_w = f32(chosen_rewards)
     r_l = f32(rejected_rewards)
     diff = r_w - r_l
     if margin is not None:
         margin = f32(jnp.asarray(margin))
         if margin.ndim != 0:
-            check_same_shape(fn, "chosen_rewards", {"chosen_rewards": r_w, "margin": margin})
+            check_same_shape({"chosen_rewards": r_w, "margin": margin}, "chosen_rewards", fn=fn)
         diff = diff - margin
     losses = -jax.nn.log_sigmoid(diff)
     if center_rewards_coefficient is not None:
@@ -118,9 +115,9 @@ def plackett_luce_loss(
       0.7209
     """
     fn = "plackett_luce_loss"
-    check_rank("scores", scores, 2, fn=fn)
-    check_same_shape(fn, "scores", {"scores": scores, "order": order, "mask": mask})
-    check_floating(fn, {"scores": scores})
+    check_rank(scores, "scores", 2, fn=fn)
+    check_same_shape({"scores": scores, "order": order, "mask": mask}, "scores", fn=fn)
+    check_floating({"scores": scores}, fn=fn)
     if not jnp.issubdtype(jnp.result_type(order), jnp.integer):
         raise TypeError(
             f"{fn}: `order` must be an integer array, got dtype {jnp.result_type(order)}."
@@ -174,11 +171,11 @@ def ranking_hinge_loss(
       [0.011, 0.0]
     """
     fn = "ranking_hinge_loss"
-    check_rank("expert_delta", expert_delta, 1, fn=fn)
+    check_rank(expert_delta, "expert_delta", 1, fn=fn)
     check_same_shape(
-        fn, "expert_delta", {"expert_delta": expert_delta, "policy_delta": policy_delta}
+        {"expert_delta": expert_delta, "policy_delta": policy_delta}, "expert_delta", fn=fn
     )
-    check_floating(fn, {"expert_delta": expert_delta, "policy_delta": policy_delta})
+    check_floating({"expert_delta": expert_delta, "policy_delta": policy_delta}, fn=fn)
     return jax.nn.relu(f32(expert_delta) - f32(policy_delta) + margin)
 
 
@@ -215,10 +212,9 @@ def harmonic_reward(
       0.6486
     """
     fn = "harmonic_reward"
-    check_same_shape(
-        fn, "image_fidelity", {"image_fidelity": image_fidelity, "text_alignment": text_alignment}
-    )
-    check_floating(fn, {"image_fidelity": image_fidelity, "text_alignment": text_alignment})
+    scores = {"image_fidelity": image_fidelity, "text_alignment": text_alignment}
+    check_same_shape(scores, "image_fidelity", fn=fn)
+    check_floating(scores, fn=fn)
     i = f32(image_fidelity)
     t = f32(text_alignment)
     denom = lam * t + (1.0 - lam) * i

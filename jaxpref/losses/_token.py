@@ -29,9 +29,9 @@ __all__ = [
 
 
 def _check_tokens(fn: str, arrays: dict, mask, first: str) -> None:
-    check_rank(first, arrays[first], 2, fn=fn)
-    check_floating(fn, arrays)
-    check_same_shape(fn, first, {**arrays, "mask": mask})
+    check_rank(arrays[first], first, 2, fn=fn)
+    check_floating(arrays, fn=fn)
+    check_same_shape({**arrays, "mask": mask}, first, fn=fn)
 
 
 def _masked_log_ratio(logps, ref_logps, mask) -> tuple[jax.Array, jax.Array]:

@@ -16,18 +16,18 @@ __all__ = ["apo_zero_unpaired_loss", "kto_kl_estimate", "kto_loss"]
 
 
 def _check_unpaired(fn: str, policy_logps, ref_logps, desirable, mask) -> None:
-    check_rank("policy_logps", policy_logps, 1, fn=fn)
+    check_rank(policy_logps, "policy_logps", 1, fn=fn)
     check_same_shape(
-        fn,
-        "policy_logps",
         {
             "policy_logps": policy_logps,
             "ref_logps": ref_logps,
             "desirable": desirable,
             "mask": mask,
         },
+        "policy_logps",
+        fn=fn,
     )
-    check_floating(fn, {"policy_logps": policy_logps, "ref_logps": ref_logps})
+    check_floating({"policy_logps": policy_logps, "ref_logps": ref_logps}, fn=fn)
 
 
 def _weighted(losses_desirable, losses_undesirable, desirable, mask, dw, uw):
@@ -78,22 +78,22 @@ def kto_kl_estimate(
       0.75
     """
     fn = "kto_kl_estimate"
-    check_rank("mismatched_policy_logps", mismatched_policy_logps, 1, fn=fn)
+    check_rank(mismatched_policy_logps, "mismatched_policy_logps", 1, fn=fn)
     check_same_shape(
-        fn,
-        "mismatched_policy_logps",
         {
             "mismatched_policy_logps": mismatched_policy_logps,
             "mismatched_ref_logps": mismatched_ref_logps,
             "mask": mask,
         },
+        "mismatched_policy_logps",
+        fn=fn,
     )
     check_floating(
-        fn,
         {
             "mismatched_policy_logps": mismatched_policy_logps,
             "mismatched_ref_logps": mismatched_ref_logps,
         },
+        fn=fn,
     )
     logratios = f32(mismatched_policy_logps) - f32(mismatched_ref_logps)
     if mask is None:
@@ -158,7 +158,7 @@ def kto_loss(
     _check_unpaired(fn, policy_logps, ref_logps, desirable, mask)
     kl = jnp.asarray(kl)
     if kl.ndim != 0:
-        check_same_shape(fn, "policy_logps", {"policy_logps": policy_logps, "kl": kl})
+        check_same_shape({"policy_logps": policy_logps, "kl": kl}, "policy_logps", fn=fn)
     kl = jax.lax.stop_gradient(f32(kl))
     logratios = f32(policy_logps) - f32(ref_logps)
     losses_desirable = jax.nn.sigmoid(-beta * (logratios - kl))

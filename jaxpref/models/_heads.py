@@ -8,7 +8,7 @@ from flax import nnx
 
 from jaxpref._checks import check_rank, check_same_shape
 from jaxpref.models._config import ModelConfig
-from jaxpref.models._layers import logical_param
+from jaxpref.models._layers import constant_param, normal_param
 from jaxpref.models._transformer import Transformer
 
 __all__ = ["ScalarHead", "ScalarHeadModel", "last_valid"]
@@ -33,12 +33,12 @@ class ScalarHead(nnx.Module):
     """
 
     def __init__(self, d_model: int, *, rngs: nnx.Rngs, param_dtype="float32"):
-        self.kernel = logical_param(rngs, (d_model,), ("embed",), param_dtype)
-        self.bias = logical_param(None, (), (), param_dtype, "zeros")
+        self.kernel = normal_param(rngs, (d_model,), ("embed",), param_dtype)
+        self.bias = constant_param((), (), param_dtype, value=0.0)
 
     def __call__(self, hidden: jax.Array) -> jax.Array:
         """`[B, T, D]` hidden states -> `[B, T]` float32 scalars."""
-        check_rank("hidden", hidden, 3, fn="ScalarHead")
+        check_rank(hidden, "hidden", 3, fn="ScalarHead")
         w = self.kernel[...].astype(hidden.dtype)
         out = jnp.einsum("btd,d->bt", hidden, w, preferred_element_type=jnp.float32)
         return out + self.bias[...].astype(jnp.float32)
@@ -112,8 +112,8 @@ def last_valid(values: jax.Array, mask: jax.Array) -> jax.Array:
       >>> print(last_valid(x, m))
       [2. 6. 0.]
     """
-    check_rank("values", values, 2, fn="last_valid")
-    check_same_shape("last_valid", "values", {"values": values, "mask": mask})
+    check_rank(values, "values", 2, fn="last_valid")
+    check_same_shape({"values": values, "mask": mask}, "values", fn="last_valid")
     m = jnp.asarray(mask).astype(bool)
     t = values.shape[1]
     idx = jnp.max(jnp.where(m, jnp.arange(t)[None, :], -1), axis=1)

@@ -17,50 +17,85 @@ from flax import nnx
 
 from jaxpref.models._config import ModelConfig
 
-__all__ = ["Attention", "Block", "Dense", "Mlp", "Norm", "apply_rope", "logical_param"]
+__all__ = [
+    "Attention",
+    "Block",
+    "Dense",
+    "LayerNorm",
+    "Mlp",
+    "RMSNorm",
+    "apply_rope",
+    "constant_param",
+    "make_norm",
+    "normal_param",
+]
 
 _NEG = float(jnp.finfo(jnp.float32).min)
 
 
-def logical_param(
-    rngs: nnx.Rngs | None,
+def _logical(value: jax.Array, axes: tuple[str | None, ...], dtype) -> nnx.Param:
+    return nnx.Param(value.astype(dtype), out_sharding=tuple(axes), eager_sharding=False)
+
+
+def _check_axes(axes: tuple[str | None, ...], shape: tuple[int, ...], *, fn: str) -> None:
+    if len(axes) != len(shape):
+        raise ValueError(f"{fn}: {len(axes)} axis names {axes} for shape {shape}.")
+
+
+def normal_param(
+    rngs: nnx.Rngs,
     shape: tuple[int, ...],
     axes: tuple[str | None, ...],
     dtype,
-    init: str = "normal",
     *,
     stddev: float = 0.02,
 ) -> nnx.Param:
-    """Creates an `nnx.Param` carrying logical axis names.
+    """Creates an `nnx.Param` drawn from N(0, stddev^2), carrying logical axis names.
 
     Args:
-      rngs: random streams (the `params` stream is used for `init="normal"`).
+      rngs: random streams (one key of the `params` stream is used).
       shape: parameter shape.
       axes: one logical axis name (or None) per dimension of `shape`.
-      dtype: storage dtype.
-      init: "normal" (N(0, stddev^2)), "zeros" or "ones".
-      stddev: standard deviation of the normal initialiser.
+      dtype: storage dtype (drawn in float32, then cast).
+      stddev: standard deviation.
 
     Returns:
       The parameter, with `out_sharding=axes` and eager sharding off.
 
     Example:
       >>> import jax.numpy as jnp
-      >>> p = logical_param(None, (2, 3), ("embed", "mlp"), jnp.float32, "ones")
+      >>> from flax import nnx
+      >>> p = normal_param(nnx.Rngs(0), (2, 3), ("embed", "mlp"), jnp.bfloat16)
+      >>> print(p.get_metadata()["out_sharding"], p[...].dtype)
+      ('embed', 'mlp') bfloat16
+    """
+    _check_axes(axes, shape, fn="normal_param")
+    value = stddev * jax.random.normal(rngs.params(), shape, jnp.float32)
+    return _logical(value, axes, dtype)
+
+
+def constant_param(
+    shape: tuple[int, ...], axes: tuple[str | None, ...], dtype, *, value: float
+) -> nnx.Param:
+    """Creates an `nnx.Param` filled with `value` (norm scales, biases), carrying logical axes.
+
+    Args:
+      shape: parameter shape.
+      axes: one logical axis name (or None) per dimension of `shape`.
+      dtype: storage dtype.
+      value: the fill value (0 for biases, 1 for norm scales).
+
+    Returns:
+      The parameter, with `out_sharding=axes` and eager sharding off.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> p = constant_param((2, 3), ("embed", "mlp"), jnp.float32, value=1.0)
       >>> print(p.get_metadata()["out_sharding"], float(p[...].sum()))
       ('embed', 'mlp') 6.0
     """
-    if len(axes) != len(shape):
-        raise ValueError(f"logical_param: {len(axes)} axis names {axes} for shape {shape}.")
-    if init == "normal":
-        value = stddev * jax.random.normal(rngs.params(), shape, jnp.float32)
-    elif init == "zeros":
-        value = jnp.zeros(shape, jnp.float32)
-    elif init == "ones":
-        value = jnp.ones(shape, jnp.float32)
-    else:
-        raise ValueError(f"logical_param: unknown init {init!r}.")
-    return nnx.Param(value.astype(dtype), out_sharding=tuple(axes), eager_sharding=False)
+    _check_axes(axes, shape, fn="constant_param")
+    return _logical(jnp.full(shape, value, jnp.float32), axes, dtype)
 
 
 @functools.cache
@@ -122,9 +157,9 @@ class Dense(nnx.Module):
         rngs: nnx.Rngs,
     ):
         self.dtype = jnp.dtype(dtype)
-        self.kernel = logical_param(rngs, kernel_shape, kernel_axes, param_dtype)
+        self.kernel = normal_param(rngs, kernel_shape, kernel_axes, param_dtype)
         self.bias = (
-            logical_param(rngs, bias_shape, bias_axes, param_dtype, "zeros")
+            constant_param(bias_shape, bias_axes, param_dtype, value=0.0)
             if bias_axes is not None
             else None
         )
@@ -149,53 +184,99 @@ class Dense(nnx.Module):
         return y
 
 
-class Norm(nnx.Module):
-    """LayerNorm (`kind="layernorm"`) or RMSNorm (`kind="rmsnorm"`) over the last axis.
+def _normalise(x, scale, bias, eps, dtype):
+    """`scale * x / sqrt(mean(x^2) + eps) (+ bias)` over the last axis of float32 `x`."""
+    y = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
+    lead = (1,) * (y.ndim - 1)
+    y = y * scale[...].astype(jnp.float32).reshape((*lead, -1))
+    if bias is not None:
+        y = y + bias[...].astype(jnp.float32).reshape((*lead, -1))
+    return y.astype(dtype)
 
-    .. math:: \\mathrm{LN}(x) = \\gamma \\frac{x - \\mu}{\\sqrt{\\sigma^2 + \\epsilon}} + \\beta,
-       \\qquad \\mathrm{RMS}(x) = \\gamma \\frac{x}{\\sqrt{\\overline{x^2} + \\epsilon}}
+
+class RMSNorm(nnx.Module):
+    """RMSNorm over the last axis (the llama family).
+
+    .. math:: \\mathrm{RMS}(x) = \\gamma \\frac{x}{\\sqrt{\\overline{x^2} + \\epsilon}}
 
     Statistics are computed in float32; the output has the compute dtype.
 
     Args:
       dim: normalised width `D`.
-      kind: "layernorm" or "rmsnorm".
       eps: epsilon.
       dtype: compute dtype.
       param_dtype: storage dtype.
 
+    References:
+      Zhang and Sennrich, "Root Mean Square Layer Normalization", arXiv 1910.07467.
+
     Example:
       >>> import jax.numpy as jnp
-      >>> y = Norm(2, "rmsnorm", eps=0.0)(jnp.array([[3.0, 4.0]]))
+      >>> y = RMSNorm(2, eps=0.0)(jnp.array([[3.0, 4.0]]))
       >>> print([round(float(v), 4) for v in y[0]])
       [0.8485, 1.1314]
     """
 
-    def __init__(self, dim: int, kind: str, *, eps: float, dtype=jnp.float32,
-                 param_dtype=jnp.float32):  # fmt: skip
-        if kind not in ("layernorm", "rmsnorm"):
-            raise ValueError(f"Norm: unknown kind {kind!r}.")
-        self.kind = kind
+    def __init__(self, dim: int, *, eps: float, dtype=jnp.float32, param_dtype=jnp.float32):
         self.eps = eps
         self.dtype = jnp.dtype(dtype)
-        self.scale = logical_param(None, (dim,), ("norm",), param_dtype, "ones")
-        self.bias = (
-            logical_param(None, (dim,), ("norm",), param_dtype, "zeros")
-            if kind == "layernorm"
-            else None
-        )
+        self.scale = constant_param((dim,), ("norm",), param_dtype, value=1.0)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Normalises `[..., D]` inputs."""
+        return _normalise(x.astype(jnp.float32), self.scale, None, self.eps, self.dtype)
+
+
+class LayerNorm(RMSNorm):
+    """LayerNorm over the last axis (the gpt2 family): `RMSNorm` of the centred input, plus a bias.
+
+    .. math:: \\mathrm{LN}(x) = \\gamma \\frac{x - \\mu}{\\sqrt{\\sigma^2 + \\epsilon}} + \\beta
+
+    Args:
+      dim, eps, dtype, param_dtype: as `RMSNorm`.
+
+    References:
+      Ba, Kiros and Hinton, "Layer Normalization", arXiv 1607.06450.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> y = LayerNorm(2, eps=0.0)(jnp.array([[1.0, 3.0]]))
+      >>> print([round(float(v), 4) for v in y[0]])
+      [-1.0, 1.0]
+    """
+
+    def __init__(self, dim: int, *, eps: float, dtype=jnp.float32, param_dtype=jnp.float32):
+        super().__init__(dim, eps=eps, dtype=dtype, param_dtype=param_dtype)
+        self.bias = constant_param((dim,), ("norm",), param_dtype, value=0.0)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Normalises `[..., D]` inputs."""
         x = x.astype(jnp.float32)
-        if self.kind == "layernorm":
-            x = x - jnp.mean(x, axis=-1, keepdims=True)
-        y = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
-        lead = (1,) * (y.ndim - 1)
-        y = y * self.scale[...].astype(jnp.float32).reshape((*lead, -1))
-        if self.bias is not None:
-            y = y + self.bias[...].astype(jnp.float32).reshape((*lead, -1))
-        return y.astype(self.dtype)
+        x = x - jnp.mean(x, axis=-1, keepdims=True)
+        return _normalise(x, self.scale, self.bias, self.eps, self.dtype)
+
+
+def make_norm(config: ModelConfig) -> LayerNorm | RMSNorm:
+    """The norm of `config`'s family: `LayerNorm` (gpt2) or `RMSNorm` (llama), width `d_model`.
+
+    Args:
+      config: architecture (`family`, `d_model`, `norm_eps`, dtypes).
+
+    Returns:
+      A new norm module.
+
+    Example:
+      >>> from jaxpref.models import preset
+      >>> print(type(make_norm(preset("gpt2-tiny"))).__name__)
+      LayerNorm
+    """
+    norm = LayerNorm if config.family == "gpt2" else RMSNorm
+    return norm(
+        config.d_model,
+        eps=config.norm_eps,
+        dtype=config.compute_jnp_dtype,
+        param_dtype=config.param_jnp_dtype,
+    )
 
 
 def apply_rope(x: jax.Array, positions: jax.Array, *, theta: float) -> jax.Array:
@@ -391,11 +472,9 @@ class Block(nnx.Module):
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         c = config
-        kind = "layernorm" if c.family == "gpt2" else "rmsnorm"
-        kw = dict(eps=c.norm_eps, dtype=c.compute_jnp_dtype, param_dtype=c.param_jnp_dtype)
-        self.attn_norm = Norm(c.d_model, kind, **kw)
+        self.attn_norm = make_norm(c)
         self.attn = Attention(c, rngs=rngs)
-        self.mlp_norm = Norm(c.d_model, kind, **kw)
+        self.mlp_norm = make_norm(c)
         self.mlp = Mlp(c, rngs=rngs)
 
     def __call__(self, x, positions, mask, kv=None):

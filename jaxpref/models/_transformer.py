@@ -10,7 +10,7 @@ from flax import nnx
 
 from jaxpref._checks import check_rank, check_same_shape
 from jaxpref.models._config import ModelConfig
-from jaxpref.models._layers import Block, Norm, logical_param
+from jaxpref.models._layers import Block, make_norm, normal_param
 
 __all__ = ["KVCache", "Transformer", "causal_attention_mask", "default_positions"]
 
@@ -161,19 +161,16 @@ class Transformer(nnx.Module):
         c = config
         self.config = c
         pd = c.param_jnp_dtype
-        self.embed = logical_param(rngs, (c.vocab_size, c.d_model), ("vocab", "embed"), pd)
+        self.embed = normal_param(rngs, (c.vocab_size, c.d_model), ("vocab", "embed"), pd)
         self.pos_embed = (
-            logical_param(rngs, (c.max_seq_len, c.d_model), ("seq", "embed"), pd)
+            normal_param(rngs, (c.max_seq_len, c.d_model), ("seq", "embed"), pd)
             if c.family == "gpt2"
             else None
         )
         self.layers = nnx.List([Block(c, rngs=rngs) for _ in range(c.num_layers)])
-        kind = "layernorm" if c.family == "gpt2" else "rmsnorm"
-        self.final_norm = Norm(
-            c.d_model, kind, eps=c.norm_eps, dtype=c.compute_jnp_dtype, param_dtype=pd
-        )
+        self.final_norm = make_norm(c)
         self.lm_head = (
-            logical_param(rngs, (c.d_model, c.vocab_size), ("embed", "vocab"), pd)
+            normal_param(rngs, (c.d_model, c.vocab_size), ("embed", "vocab"), pd)
             if with_unembedding and not c.tie_embeddings
             else None
         )
@@ -201,16 +198,16 @@ class Transformer(nnx.Module):
         return self.final_norm(x), (tuple(new_k), tuple(new_v))
 
     def _check(self, fn, input_ids, attention_mask, positions, segment_ids):
-        check_rank("input_ids", input_ids, 2, fn=fn)
+        check_rank(input_ids, "input_ids", 2, fn=fn)
         check_same_shape(
-            fn,
-            "input_ids",
             {
                 "input_ids": input_ids,
                 "attention_mask": attention_mask,
                 "positions": positions,
                 "segment_ids": segment_ids,
             },
+            "input_ids",
+            fn=fn,
         )
 
     def unembedding(self) -> jax.Array:

@@ -35,6 +35,7 @@ from jaxpref.solvers._fixed_point import (
     FixedPointState,
 )
 from jaxpref.solvers._gradient import (
+    LBFGS,
     GradientDescent,
     GradientDescentState,
     OptaxMinimiser,
@@ -44,7 +45,6 @@ from jaxpref.solvers._gradient import (
 )
 from jaxpref.solvers._implicit_diff import custom_fixed_point, custom_root, root_jvp, root_vjp
 from jaxpref.solvers._kkt import KKTSolution, make_kkt_optimality_fun
-from jaxpref.solvers._lbfgs import LBFGS
 from jaxpref.solvers._linear_solve import (
     solve_bicgstab,
     solve_cg,

@@ -8,10 +8,8 @@ carrying at least `num_steps` and `error` (the convergence measure of the curren
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import enum
-import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -19,8 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpref.solvers._implicit_diff import _implicit_root_call
+from jaxpref.solvers._implicit_diff import custom_root
 from jaxpref.solvers._linear_solve import solve_normal_cg
+from jaxpref.solvers._tracing import with_trace_memo
 
 __all__ = [
     "ImplicitAdjoint",
@@ -242,52 +241,6 @@ def raise_if_failed(result, solver_name: str = "solver") -> None:
     jax.debug.callback(lambda code: _host_check(code, solver_name), result)
 
 
-def _trace_memo(solver) -> dict | None:
-    """The per-call trace memo of a solver copy made by `run` (None outside such a call)."""
-    return getattr(solver, "__dict__", {}).get("_trace_memo")
-
-
-def _with_trace_memo(solver):
-    """A shallow copy of `solver` carrying an empty trace memo (`solver` itself if impossible)."""
-    if not hasattr(solver, "__dict__"):
-        return solver
-    memo_copy = copy.copy(solver)
-    object.__setattr__(memo_copy, "_trace_memo", {})
-    return memo_copy
-
-
-def _traced_once(method: Callable) -> Callable:
-    """Decorates a solver method that evaluates the user's function(s) on arrays.
-
-    Inside `run` with an `ImplicitAdjoint`, the whole solve is traced abstractly; the decorated
-    method is then traced to a jaxpr on its first call for given argument types and every later
-    call (the loop body, the optimality function) evaluates that jaxpr, so the user's Python code
-    and its derivatives are traced once per solve instead of once per call site. Elsewhere (direct
-    calls, `UnrolledAdjoint`) the method runs as written.
-    """
-    name = method.__name__
-
-    @functools.wraps(method)
-    def wrapper(self, *args):
-        memo = _trace_memo(self)
-        if memo is None:
-            return method(self, *args)
-        leaves, tree = jax.tree.flatten(args)
-        key = (name, tree, tuple(jax.typeof(leaf) for leaf in leaves))
-        entry = memo.get(key)
-        if entry is None:
-            closed, out_shape = jax.make_jaxpr(lambda *a: method(self, *a), return_shape=True)(
-                *args
-            )
-            entry = memo[key] = (closed, jax.tree.structure(out_shape))
-        closed, out_tree = entry
-        return jax.tree.unflatten(
-            out_tree, jax.core.eval_jaxpr(closed.jaxpr, closed.consts, *leaves)
-        )
-
-    return wrapper
-
-
 def _status(x, state, tol) -> jax.Array:
     finite = jnp.isfinite(state.error) & _tree_all_finite(x)
     code = jnp.where(
@@ -390,16 +343,10 @@ class IterativeSolver:
           A `Solution(value, aux, stats, result)`.
         """
         if isinstance(self.adjoint, ImplicitAdjoint):
-            # A copy carrying a memo scoped to this call: `_traced_once` methods are traced once.
-            solver = _with_trace_memo(self)
-            x, (stats, result) = _implicit_root_call(
-                solver._solve,
-                solver.optimality_fun,
-                x0,
-                args,
-                solve=self.adjoint.solve,
-                has_aux=True,
-            )
+            # A copy carrying a memo scoped to this call: `traced_once` methods are traced once.
+            solver = with_trace_memo(self)
+            solve = custom_root(solver.optimality_fun, solve=self.adjoint.solve, has_aux=True)
+            x, (stats, result) = solve(solver._solve)(x0, *args)
         elif isinstance(self.adjoint, UnrolledAdjoint):
             x, (stats, result) = self._solve(jax.tree.map(jnp.asarray, x0), *args)
         else:

@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from jaxpref.solvers._base import IterativeSolver, _traced_once, tree_l2_norm
+from jaxpref.solvers._base import IterativeSolver, tree_l2_norm
+from jaxpref.solvers._tracing import traced_once
 
 __all__ = [
     "AndersonAcceleration",
@@ -31,7 +32,7 @@ class _FixedPointMap:
     fixed_point_fun: Callable
     has_aux: bool
 
-    @_traced_once
+    @traced_once
     def _map(self, x, *args):
         out = self.fixed_point_fun(x, *args)
         return out[0] if self.has_aux else out

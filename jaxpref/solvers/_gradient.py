@@ -1,5 +1,5 @@
-"""First-order minimisers driven by `lax.while_loop`: gradient descent, any optax optimizer, and
-projected gradient with optax projections.
+"""Minimisers driven by `lax.while_loop`: gradient descent, any optax optimizer, L-BFGS (through
+`optax.lbfgs`) and projected gradient with optax projections.
 
 The objective `fun(x, *args)` returns a scalar (or `(scalar, aux)` with `has_aux=True`). The
 optimality condition used by `ImplicitAdjoint` is the stationarity `grad_x fun(x, *args) = 0`
@@ -17,9 +17,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxpref.solvers._base import IterativeSolver, _trace_memo, _traced_once, tree_l2_norm
+from jaxpref.solvers._base import IterativeSolver, tree_l2_norm
+from jaxpref.solvers._tracing import trace_memo, traced_once
 
 __all__ = [
+    "LBFGS",
     "GradientDescent",
     "GradientDescentState",
     "OptaxMinimiser",
@@ -39,17 +41,17 @@ class _Objective:
         out = self.fun(x, *args)
         return out[0] if self.has_aux else out
 
-    @_traced_once
+    @traced_once
     def _value(self, x, *args):  # for line searches; steps use `_value_and_grad`
         return self._objective(x, *args)
 
-    @_traced_once
+    @traced_once
     def _value_and_grad(self, x, *args):
         return jax.value_and_grad(self._objective)(x, *args)
 
     def optimality_fun(self, x, *args):
         """Stationarity residual `grad_x fun(x, *args)`."""
-        if _trace_memo(self) is not None:
+        if trace_memo(self) is not None:
             return self._value_and_grad(x, *args)[1]  # reuses the solver's traced gradient
         return jax.grad(self._objective)(x, *args)
 
@@ -218,6 +220,66 @@ class OptaxMinimiser(_OptaxLoop, IterativeSolver):
         return optax.with_extra_args_support(self.optimizer)
 
 
+@dataclasses.dataclass(frozen=True)
+class LBFGS(_OptaxLoop, IterativeSolver):
+    """Limited-memory BFGS minimiser (`optax.lbfgs`) with a zoom line search by default.
+
+    The search direction is `-H_k grad f(x_k)` with `H_k` the two-loop-recursion inverse-Hessian
+    estimate from the last `memory_size` pairs `(s_i, y_i) = (x_{i+1} - x_i, g_{i+1} - g_i)`; the
+    step length satisfies the strong Wolfe conditions (zoom line search). Stops when
+    `||grad f(x)|| <= tol`. The state is an `OptaxMinimiserState`.
+
+    Differentiate it with `ImplicitAdjoint` (the line search is a `while_loop`, which reverse mode
+    cannot unroll; `UnrolledAdjoint` needs `linesearch=None` and a `learning_rate`).
+
+    Args:
+      fun: objective `f(x, *args) -> []` (or `([], aux)` with `has_aux`).
+      memory_size: number of stored curvature pairs.
+      learning_rate: fixed step scale (None: 1, left to the line search).
+      linesearch: an optax line search, or None for fixed steps (default: zoom line search with
+        at most `max_linesearch_steps` evaluations).
+      max_linesearch_steps: used by the default line search.
+      has_aux: whether `fun` returns `(value, aux)`.
+      max_steps, tol, adjoint, throw: see `IterativeSolver`.
+
+    References:
+      Liu & Nocedal. "On the limited memory BFGS method for large scale optimization."
+      Mathematical Programming 45 (1989).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> f = lambda x, a: jnp.sum((x - a) ** 2) + 0.1 * jnp.sum(x**4)
+      >>> sol = LBFGS(f, tol=1e-5).run(jnp.zeros(3), jnp.array([1.0, 0.0, -1.0]))
+      >>> print([round(float(v), 4) for v in sol.value], int(sol.result))
+      [0.8688, 0.0, -0.8688] 0
+    """
+
+    fun: Callable
+    _: dataclasses.KW_ONLY
+    memory_size: int = 10
+    learning_rate: float | None = None
+    linesearch: Any = "zoom"
+    max_linesearch_steps: int = 20
+    has_aux: bool = False
+
+    def _transformation(self):
+        linesearch = self.linesearch
+        if isinstance(linesearch, str):
+            if linesearch != "zoom":
+                raise ValueError(
+                    f"LBFGS: `linesearch` must be 'zoom', None or an optax line search, "
+                    f"got {linesearch!r}."
+                )
+            linesearch = optax.scale_by_zoom_linesearch(
+                max_linesearch_steps=self.max_linesearch_steps
+            )
+        return optax.lbfgs(
+            learning_rate=self.learning_rate,
+            memory_size=self.memory_size,
+            linesearch=linesearch,
+        )
+
+
 class ProjectedGradientState(NamedTuple):
     """State of `ProjectedGradient` at the current point `x`.
 
@@ -270,7 +332,7 @@ class ProjectedGradient(_Objective, IterativeSolver):
     learning_rate: float
     has_aux: bool = False
 
-    @_traced_once
+    @traced_once
     def _map(self, x, hyperparams_proj, *args):
         grad = jax.grad(self._objective)(x, *args)
         moved = jax.tree.map(lambda p, g: p - self.learning_rate * g, x, grad)

@@ -9,8 +9,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxpref.solvers._base import IterativeSolver, _traced_once, tree_l2_norm
+from jaxpref.solvers._base import IterativeSolver, tree_l2_norm
 from jaxpref.solvers._linear_solve import solve_gmres
+from jaxpref.solvers._tracing import traced_once
 
 __all__ = ["Newton", "NewtonState"]
 
@@ -63,7 +64,7 @@ class Newton(IterativeSolver):
     step_size: float = 1.0
     has_aux: bool = False
 
-    @_traced_once
+    @traced_once
     def _residual(self, x, *args):
         out = self.fun(x, *args)
         return out[0] if self.has_aux else out

@@ -11,7 +11,7 @@ PACKAGES = {
     "jaxpref.bellman": [
         "_multistep",
         "_value_learning",
-        "_batching",
+        "_layouts",
         "_soft",
         "_tabular",
         "_token_mdp",

@@ -12,7 +12,7 @@ import rlax
 from jax.test_util import check_grads
 
 import jaxpref.bellman as jb
-from jaxpref.bellman import _multistep
+from jaxpref.bellman import _recursions
 from tests.bellman._reference import np_discounted_returns, np_gae, np_lambda_returns
 
 T, B = 37, 3  # T is not a multiple of anything in particular
@@ -204,9 +204,9 @@ def test_stop_target_gradients_in_place():
 def test_split_per_step_keeps_order():
     a, b = jnp.zeros((4, 2)), jnp.ones((4, 2))
     s = jnp.float32(0.5)
-    rows, consts = _multistep._split_per_step((a, b, s))
+    rows, consts = _recursions.split_per_step((a, b, s))
     assert len(rows) == 2 and len(consts) == 1 and consts[0] is s
-    rows, consts = _multistep._split_per_step((a, s, b))  # a scalar before an array stays a row
+    rows, consts = _recursions.split_per_step((a, s, b))  # a scalar before an array stays a row
     assert len(rows) == 3 and consts == ()
 
 

@@ -257,7 +257,7 @@ def test_segment_labels_follow_bradley_terry(preference):
         jnp.zeros((9, 4)),
         3000,
         5,
-        preference=preference,
+        preference=syn.PreferenceModel(preference),
         alpha=0.5,
         label_noise=0.1,
     )

@@ -22,20 +22,24 @@ References:
 
 from __future__ import annotations
 
+import enum
 import functools
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from jaxpref._checks import check_interval
 from jaxpref.bellman import soft_value_iteration
 from jaxpref.data.synthetic._sampling import categorical_from_uniform
 from jaxpref.envs import TabularMDP
 
 __all__ = [
+    "PreferenceModel",
     "SegmentPairs",
     "SoftOptimal",
     "policy_return",
+    "rollout_from_uniform",
     "sample_segment_pairs",
     "sample_segments",
     "segment_scores",
@@ -43,6 +47,22 @@ __all__ = [
 ]
 
 _HIGHEST = jax.lax.Precision.HIGHEST
+
+
+class PreferenceModel(enum.Enum):
+    """Which per-step score a labeller sums over a segment (`sample_segment_pairs`).
+
+    `REGRET`: the optimal advantage `A*(s, a)` (CPL's regret preference model). `REWARD`: the
+    reward `r(s, a)`. A config holding the name builds the member with `PreferenceModel(name)`
+    (`"regret"` or `"reward"`).
+
+    Example:
+      >>> print(PreferenceModel("reward") is PreferenceModel.REWARD)
+      True
+    """
+
+    REGRET = "regret"
+    REWARD = "reward"
 
 
 class SoftOptimal(NamedTuple):
@@ -157,7 +177,7 @@ def sample_segments(key, mdp: TabularMDP, policy_logits, start, length: int):
     """
     start = jnp.asarray(start, jnp.int32)
     u = jax.random.uniform(key, (length, start.shape[0], 2))
-    return _rollout_from_uniform(u, mdp, policy_logits, start)
+    return rollout_from_uniform(u, mdp, policy_logits, start)
 
 
 def _rollout_step(s, u_t, *, policy, transitions):
@@ -166,8 +186,31 @@ def _rollout_step(s, u_t, *, policy, transitions):
     return nxt, (s, a)
 
 
-def _rollout_from_uniform(u, mdp: TabularMDP, policy_logits, start):
-    """Rollout with two uniforms per step (action, next state): `u [K, N, 2]`."""
+def rollout_from_uniform(u, mdp: TabularMDP, policy_logits, start):
+    """Rolls a stationary policy out with given uniforms, two per step (action, next state).
+
+    The same `u` gives the same segments, so two policies can be compared on common random
+    numbers. `sample_segments` draws `u` from a key and calls this.
+
+    Args:
+      u: `[K, N, 2]` uniforms in `[0, 1)`: `u[t, n, 0]` picks the action and `u[t, n, 1]` the
+        next state of step `t` of rollout `n`.
+      mdp: the task.
+      policy_logits: `[S, A]` logits.
+      start: `[N]` int start states.
+
+    Returns:
+      `(states [N, K], actions [N, K])` int32.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxpref.envs import gridworld
+      >>> m = gridworld(1, 3)  # actions: up, right, down, left
+      >>> right = jnp.log(jnp.array([[0.0, 1.0, 0.0, 0.0]] * 3) + 1e-30)
+      >>> s, a = rollout_from_uniform(jnp.full((2, 1, 2), 0.5), m, right, jnp.array([0]))
+      >>> print(s, a)
+      [[0 1]] [[1 1]]
+    """
     policy = jax.nn.softmax(jnp.asarray(policy_logits, jnp.float32), axis=-1)
     step = functools.partial(_rollout_step, policy=policy, transitions=mdp.transitions)
     _, (states, actions) = jax.lax.scan(step, start, u)
@@ -205,7 +248,7 @@ def sample_segment_pairs(
     num_pairs: int,
     length: int,
     *,
-    preference: Literal["regret", "reward"] = "regret",
+    preference: PreferenceModel = PreferenceModel.REGRET,
     alpha: float = 1.0,
     temperature: float = 1.0,
     discount: float = 1.0,
@@ -226,7 +269,7 @@ def sample_segment_pairs(
       behaviour_logits: `[S, A]` logits of the policy that generates segments.
       num_pairs: `N`.
       length: segment length `K`.
-      preference: `"regret"` or `"reward"`.
+      preference: `PreferenceModel.REGRET` or `PreferenceModel.REWARD`.
       alpha: max-ent temperature of the optimal advantage (regret model).
       temperature: Bradley-Terry temperature.
       discount: `gamma` inside segment scores.
@@ -246,15 +289,13 @@ def sample_segment_pairs(
       >>> print(p.states_chosen.shape, bool((p.score_chosen >= -1e9).all()))
       (4, 6) True
     """
-    if preference not in ("regret", "reward"):
-        raise ValueError(
-            f"sample_segment_pairs: preference must be 'regret' or 'reward', got {preference!r}."
+    if not isinstance(preference, PreferenceModel):
+        raise TypeError(
+            "sample_segment_pairs: `preference` must be a PreferenceModel (build one from a "
+            f"config string with PreferenceModel(name)), got {preference!r}."
         )
-    if not 0.0 <= label_noise <= 0.5:
-        raise ValueError(
-            f"sample_segment_pairs: label_noise must be in [0, 0.5], got {label_noise}."
-        )
-    if preference == "regret":
+    check_interval(label_noise, "label_noise", 0.0, 0.5, fn="sample_segment_pairs")
+    if preference is PreferenceModel.REGRET:
         sol = soft_optimal_solution(mdp, alpha=alpha) if solution is None else solution
         table = sol.advantage
     else:
@@ -294,7 +335,7 @@ def _sample_segment_pairs(
 ) -> SegmentPairs:
     u = jax.random.uniform(key, (length + 1, 2 * num_pairs, 2))
     starts = categorical_from_uniform(start_p[None, :], u[length, :, 0])
-    states, actions = _rollout_from_uniform(u[:length], mdp, behaviour_logits, starts)
+    states, actions = rollout_from_uniform(u[:length], mdp, behaviour_logits, starts)
     s1, s2 = states[:num_pairs], states[num_pairs:]
     a1, a2 = actions[:num_pairs], actions[num_pairs:]
     sc1 = segment_scores(table, s1, a1, discount=discount)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxpref.data.synthetic._bandit import PreferenceBandit
-from jaxpref.data.synthetic._control import _rollout_from_uniform
+from jaxpref.data.synthetic._control import rollout_from_uniform
 from jaxpref.data.synthetic._sampling import categorical_from_uniform
 from jaxpref.envs import TabularMDP
 
@@ -317,8 +317,8 @@ def sample_trajectory_preferences(
     tab = linear_mdp_to_tabular(mdp)
     u = jax.random.uniform(key, (horizon + 1, 2, num_pairs, 2))
     starts = categorical_from_uniform(mdp.initial_distribution[None, None, :], u[horizon, :, :, 0])
-    s0, a0 = _rollout_from_uniform(u[:horizon, 0], tab, policy_logits_0, starts[0])
-    s1, a1 = _rollout_from_uniform(u[:horizon, 1], tab, policy_logits_1, starts[1])
+    s0, a0 = rollout_from_uniform(u[:horizon, 0], tab, policy_logits_0, starts[0])
+    s1, a1 = rollout_from_uniform(u[:horizon, 1], tab, policy_logits_1, starts[1])
     f0 = trajectory_features(mdp, s0, a0, discount=discount)
     f1 = trajectory_features(mdp, s1, a1, discount=discount)
     p1 = jax.nn.sigmoid(jnp.dot(f1 - f0, mdp.theta, precision=_HIGHEST) / temperature)

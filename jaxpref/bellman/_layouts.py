@@ -1,8 +1,8 @@
-"""Batched returns and advantages: time-major `[T, B]` rollouts and masked batch-major `[B, T]`.
+"""Returns and advantages in two layouts: time-major `[T, B]` rollouts, masked batch-major `[B, T]`.
 
 Time-major functions scan the `[T, B]` arrays directly (one reverse loop whose carry is a `[B]`
 vector, run in place over the TD errors or a copy of the rewards when not unrolled; see
-`_multistep`) and equal `jax.vmap` of the single-trajectory function over axis 1. Their arguments
+`_recursions`) and equal `jax.vmap` of the single-trajectory function over axis 1. Their arguments
 follow the single-trajectory functions exactly, with an extra trailing batch axis.
 
 Batch-major functions are the language-model case: rows are sequences, and `mask` (`[B, T]`,
@@ -22,17 +22,14 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxpref._checks import check_floating, check_rank, check_same_shape
-from jaxpref.bellman._multistep import (
-    _check_sequences,
-    _floats,
-    _maybe_stop,
-    _per_step,
-    _resolve_unroll,
-    _scan_discounted_returns,
-    _scan_gae,
-    _scan_lambda_returns,
-    _scan_n_step,
+from jaxpref._checks import check_floating, check_int, check_rank, check_same_shape
+from jaxpref.bellman._args import check_per_step, check_sequences, floats, maybe_stop
+from jaxpref.bellman._recursions import (
+    resolve_unroll,
+    scan_discounted_returns,
+    scan_gae,
+    scan_lambda_returns,
+    scan_n_step,
 )
 
 __all__ = [
@@ -89,14 +86,14 @@ def lambda_returns_time_major(
       [2.0, 2.0]
     """
     fn = "lambda_returns_time_major"
-    shape = _check_sequences(fn, 2, {"r_t": r_t, "discount_t": discount_t, "v_t": v_t})
-    check_rank("lambda_", lambda_, (0, 2), fn=fn)
-    _per_step(fn, "lambda_", lambda_, shape)
-    r_t, discount_t, v_t, lambda_ = _floats(r_t, discount_t, v_t, lambda_)
-    returns = _scan_lambda_returns(
-        r_t, discount_t, v_t, lambda_, unroll=_resolve_unroll(fn, unroll), in_place=True
+    shape = check_sequences({"r_t": r_t, "discount_t": discount_t, "v_t": v_t}, 2, fn=fn)
+    check_rank(lambda_, "lambda_", (0, 2), fn=fn)
+    check_per_step(lambda_, "lambda_", shape, fn=fn)
+    r_t, discount_t, v_t, lambda_ = floats(r_t, discount_t, v_t, lambda_)
+    returns = scan_lambda_returns(
+        r_t, discount_t, v_t, lambda_, unroll=resolve_unroll(fn, unroll), in_place=True
     )
-    return _maybe_stop(returns, stop_target_gradients)
+    return maybe_stop(returns, stop_target_gradients)
 
 
 def discounted_returns_time_major(
@@ -133,21 +130,21 @@ def discounted_returns_time_major(
       [2.75, 3.5, 5.0]
     """
     fn = "discounted_returns_time_major"
-    shape = _check_sequences(fn, 2, {"r_t": r_t, "discount_t": discount_t})
-    check_rank("v_t", v_t, (0, 1, 2), fn=fn)
+    shape = check_sequences({"r_t": r_t, "discount_t": discount_t}, 2, fn=fn)
+    check_rank(v_t, "v_t", (0, 1, 2), fn=fn)
     if jnp.ndim(v_t) == 2:
-        _per_step(fn, "v_t", v_t, shape)
+        check_per_step(v_t, "v_t", shape, fn=fn)
     elif jnp.ndim(v_t) == 1 and tuple(jnp.shape(v_t)) != shape[1:]:
         raise ValueError(
             f"{fn}: `v_t` of rank 1 must have shape {shape[1:]} (the batch axis of `r_t` "
             f"{shape}), got {tuple(jnp.shape(v_t))}."
         )
-    r_t, discount_t, v_t = _floats(r_t, discount_t, v_t)
+    r_t, discount_t, v_t = floats(r_t, discount_t, v_t)
     bootstrap = v_t[-1] if v_t.ndim == 2 else jnp.broadcast_to(v_t, shape[1:])
-    returns = _scan_discounted_returns(
-        r_t, discount_t, bootstrap, unroll=_resolve_unroll(fn, unroll), in_place=True
+    returns = scan_discounted_returns(
+        r_t, discount_t, bootstrap, unroll=resolve_unroll(fn, unroll), in_place=True
     )
-    return _maybe_stop(returns, stop_target_gradients)
+    return maybe_stop(returns, stop_target_gradients)
 
 
 def n_step_bootstrapped_returns_time_major(
@@ -184,14 +181,13 @@ def n_step_bootstrapped_returns_time_major(
       [12.0, 12.0, 11.0]
     """
     fn = "n_step_bootstrapped_returns_time_major"
-    shape = _check_sequences(fn, 2, {"r_t": r_t, "discount_t": discount_t, "v_t": v_t})
-    check_rank("lambda_t", lambda_t, (0, 2), fn=fn)
-    _per_step(fn, "lambda_t", lambda_t, shape)
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"{fn}: `n` must be a Python int >= 1, got {n!r}.")
-    r_t, discount_t, v_t, lambda_t = _floats(r_t, discount_t, v_t, lambda_t)
-    returns = _scan_n_step(r_t, discount_t, v_t, n, lambda_t)
-    return _maybe_stop(returns, stop_target_gradients)
+    shape = check_sequences({"r_t": r_t, "discount_t": discount_t, "v_t": v_t}, 2, fn=fn)
+    check_rank(lambda_t, "lambda_t", (0, 2), fn=fn)
+    check_per_step(lambda_t, "lambda_t", shape, fn=fn)
+    check_int(n, "n", minimum=1, fn=fn)
+    r_t, discount_t, v_t, lambda_t = floats(r_t, discount_t, v_t, lambda_t)
+    returns = scan_n_step(r_t, discount_t, v_t, n, lambda_t)
+    return maybe_stop(returns, stop_target_gradients)
 
 
 def truncated_generalized_advantage_estimation_time_major(
@@ -231,21 +227,21 @@ def truncated_generalized_advantage_estimation_time_major(
       [3.0, 2.0]
     """
     fn = "truncated_generalized_advantage_estimation_time_major"
-    shape = _check_sequences(fn, 2, {"r_t": r_t, "discount_t": discount_t})
-    check_rank("values", values, 2, fn=fn)
-    check_floating(fn, {"values": values})
+    shape = check_sequences({"r_t": r_t, "discount_t": discount_t}, 2, fn=fn)
+    check_rank(values, "values", 2, fn=fn)
+    check_floating({"values": values}, fn=fn)
     if tuple(jnp.shape(values)) != (shape[0] + 1, shape[1]):
         raise ValueError(
             f"{fn}: `values` must have shape {(shape[0] + 1, shape[1])} (one more step than "
             f"`r_t` {shape}), got {tuple(jnp.shape(values))}."
         )
-    check_rank("lambda_", lambda_, (0, 2), fn=fn)
-    _per_step(fn, "lambda_", lambda_, shape)
-    r_t, discount_t, lambda_, values = _floats(r_t, discount_t, lambda_, values)
-    advantages = _scan_gae(
-        r_t, discount_t, lambda_, values, unroll=_resolve_unroll(fn, unroll), in_place=True
+    check_rank(lambda_, "lambda_", (0, 2), fn=fn)
+    check_per_step(lambda_, "lambda_", shape, fn=fn)
+    r_t, discount_t, lambda_, values = floats(r_t, discount_t, lambda_, values)
+    advantages = scan_gae(
+        r_t, discount_t, lambda_, values, unroll=resolve_unroll(fn, unroll), in_place=True
     )
-    return _maybe_stop(advantages, stop_target_gradients)
+    return maybe_stop(advantages, stop_target_gradients)
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,16 +251,16 @@ def truncated_generalized_advantage_estimation_time_major(
 
 def _prepare_masked(fn: str, r_t, discount_t, mask, per_step: dict):
     """Checks `[B, T]` inputs; returns time-major float arrays with masked entries zeroed."""
-    check_rank("r_t", r_t, 2, fn=fn)
-    check_floating(fn, {"r_t": r_t})
+    check_rank(r_t, "r_t", 2, fn=fn)
+    check_floating({"r_t": r_t}, fn=fn)
     shape = tuple(jnp.shape(r_t))
-    check_same_shape(fn, "r_t", {"r_t": r_t, "mask": mask})
+    check_same_shape({"r_t": r_t, "mask": mask}, "r_t", fn=fn)
     scalars_ok = {"discount_t": discount_t, **per_step}
     for name, value in scalars_ok.items():
-        check_rank(name, value, (0, 2), fn=fn)
-        _per_step(fn, name, value, shape)
+        check_rank(value, name, (0, 2), fn=fn)
+        check_per_step(value, name, shape, fn=fn)
     valid = jnp.asarray(mask) != 0
-    arrays = _floats(r_t, discount_t, *per_step.values())
+    arrays = floats(r_t, discount_t, *per_step.values())
 
     def time_major(x):
         x = jnp.where(valid, jnp.broadcast_to(x, shape), 0.0)
@@ -336,8 +332,8 @@ def lambda_returns_batch_major(
       [7.0, 0.0, 6.0]
     """
     fn = "lambda_returns_batch_major"
-    check_same_shape(fn, "r_t", {"r_t": r_t, "v_t": v_t})
-    check_floating(fn, {"v_t": v_t})
+    check_same_shape({"r_t": r_t, "v_t": v_t}, "r_t", fn=fn)
+    check_floating({"v_t": v_t}, fn=fn)
     valid, (r, d, v, lam), shape = _prepare_masked(
         fn, r_t, discount_t, mask, {"v_t": v_t, "lambda_": lambda_}
     )
@@ -347,9 +343,9 @@ def lambda_returns_batch_major(
         init,
         (valid, r, d, v, lam),
         reverse=True,
-        unroll=_resolve_unroll(fn, unroll),
+        unroll=resolve_unroll(fn, unroll),
     )
-    return _maybe_stop(g.T, stop_target_gradients)
+    return maybe_stop(g.T, stop_target_gradients)
 
 
 def _masked_discounted_return_step(carry: _MaskedReturnCarry, xs):
@@ -396,13 +392,13 @@ def discounted_returns_batch_major(
     """
     fn = "discounted_returns_batch_major"
     valid, (r, d), shape = _prepare_masked(fn, r_t, discount_t, mask, {})
-    check_rank("v_t", v_t, (0, 1), fn=fn)
+    check_rank(v_t, "v_t", (0, 1), fn=fn)
     if jnp.ndim(v_t) == 1 and tuple(jnp.shape(v_t)) != shape[:1]:
         raise ValueError(
             f"{fn}: `v_t` must be a scalar or have shape {shape[:1]} (the batch axis of `r_t` "
             f"{shape}), got {tuple(jnp.shape(v_t))}."
         )
-    (bootstrap,) = _floats(v_t)
+    (bootstrap,) = floats(v_t)
     bootstrap = jnp.broadcast_to(bootstrap.astype(r.dtype), shape[:1])
     init = _MaskedReturnCarry(bootstrap, jnp.zeros(shape[:1], bool))
     _, g = jax.lax.scan(
@@ -410,9 +406,9 @@ def discounted_returns_batch_major(
         init,
         (valid, r, d),
         reverse=True,
-        unroll=_resolve_unroll(fn, unroll),
+        unroll=resolve_unroll(fn, unroll),
     )
-    return _maybe_stop(g.T, stop_target_gradients)
+    return maybe_stop(g.T, stop_target_gradients)
 
 
 class _MaskedAdvantageCarry(NamedTuple):
@@ -480,8 +476,8 @@ def truncated_generalized_advantage_estimation_batch_major(
       [0.5, 0.0, 0.5]
     """
     fn = "truncated_generalized_advantage_estimation_batch_major"
-    check_rank("values", values, 2, fn=fn)
-    check_floating(fn, {"values": values})
+    check_rank(values, "values", 2, fn=fn)
+    check_floating({"values": values}, fn=fn)
     shape = tuple(jnp.shape(r_t))
     if len(shape) == 2 and tuple(jnp.shape(values)) != (shape[0], shape[1] + 1):
         raise ValueError(
@@ -492,13 +488,13 @@ def truncated_generalized_advantage_estimation_batch_major(
     valid, (r, d, lam, v), shape = _prepare_masked(
         fn, r_t, discount_t, mask, {"lambda_": lambda_, "values": values_in[:, :-1]}
     )
-    (bootstrap,) = _floats(values_in[:, -1])
+    (bootstrap,) = floats(values_in[:, -1])
     init = _MaskedAdvantageCarry(jnp.zeros(shape[:1], r.dtype), bootstrap.astype(r.dtype))
     _, a = jax.lax.scan(
         _masked_gae_step,
         init,
         (valid, r, d, lam, v),
         reverse=True,
-        unroll=_resolve_unroll(fn, unroll),
+        unroll=resolve_unroll(fn, unroll),
     )
-    return _maybe_stop(a.T, stop_target_gradients)
+    return maybe_stop(a.T, stop_target_gradients)
