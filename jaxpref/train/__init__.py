@@ -10,7 +10,7 @@
   gradient accumulation, the optax update and TR-DPO reference sync; `jit_step` compiles it.
 * Loop: `train` resumes from the latest good checkpoint (`TrainCheckpointer`), guards against
   NaN/inf, saves on SIGTERM, logs (`MetricLogger`: stdout, tqdm, JSONL, TensorBoard) and runs
-  evaluation hooks.
+  evaluation hooks; `TrainResult.stop_reason` is a `StopReason`.
 * Fingerprints: `params_fingerprint` (SHA-256 of a parameter tree that a checkpoint round trip
   keeps) names a set of parameters in reports and run guards; `state_checksums` are the
   per-array checksums a checkpoint is verified with.
@@ -49,6 +49,7 @@ from jaxpref.train._loop import (
     DataIterator,
     IndexedIterator,
     NonFiniteError,
+    StopReason,
     TrainResult,
     train,
 )
@@ -94,6 +95,7 @@ __all__ = [
     "OptimizerConfig",
     "RefSyncConfig",
     "Restored",
+    "StopReason",
     "TrainCheckpointer",
     "TrainConfig",
     "TrainResult",

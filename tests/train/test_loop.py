@@ -20,10 +20,12 @@ from jaxpref.train import (
     CheckpointConfig,
     CheckpointWarning,
     CorruptCheckpointError,
+    DataIterator,
     IndexedIterator,
     LoggingConfig,
     LoopConfig,
     NonFiniteError,
+    StopReason,
     TrainCheckpointer,
     TrainConfig,
     TrainResult,
@@ -315,3 +317,36 @@ def test_exhausted_data_saves_and_reports(tmp_path):
     result = train(_config(tmp_path, 10), _state(), STEP, data)
     assert (result.step, result.stop_reason) == (3, "data_exhausted")
     assert _saved_steps(tmp_path / "checkpoints") == [2, 3]
+
+
+def test_stop_reason_is_a_string_enum(reference_run):
+    reason = reference_run.result.stop_reason
+    assert reason is StopReason.COMPLETED and isinstance(reason, str)
+    assert json.dumps({"stop_reason": reason}) == '{"stop_reason": "completed"}'
+    assert f"{reason}" == "completed"
+
+
+def test_a_plain_iterator_trains_and_resumes_without_a_data_position(tmp_path):
+    def plain():
+        return (_batch(i) for i in range(100))
+
+    assert isinstance(IndexedIterator(_batch), DataIterator)
+    assert not isinstance(plain(), DataIterator)
+    with pytest.warns(CheckpointWarning, match="no get_state/set_state"):
+        first = train(_config(tmp_path, 2), _state(), STEP, plain())
+    assert first.step == 2 and not (tmp_path / "checkpoints" / "2" / "data").exists()
+    with pytest.warns(CheckpointWarning) as record:
+        second = train(_config(tmp_path, 3, every_steps=0), _state(), STEP, plain())
+    messages = [str(w.message) for w in record]
+    assert any("no get_state/set_state" in m for m in messages), messages
+    assert any("train.loop.steps: 2 -> 3" in m for m in messages), messages
+    assert all(w.filename == __file__ for w in record)  # attributed to the caller of train
+    # The parameters continue from step 2; the data stream starts again (batch 0 at step 3).
+    assert (second.start_step, second.step, second.restored) == (2, 3, True)
+    expected = train(
+        _config(tmp_path / "by_index", 3, every_steps=0),
+        _state(),
+        STEP,
+        IndexedIterator(lambda i: _batch(i if i < 2 else i - 2)),
+    )
+    assert state_bytes(second.state) == state_bytes(expected.state)
