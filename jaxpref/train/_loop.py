@@ -326,7 +326,9 @@ def train(
     Raises:
       NonFiniteError: a step produced a non-finite loss, gradient norm or parameter, a state
         about to be saved holds a non-finite array, or the resumed checkpoint does (the run's
-        checkpoints are left as they were, the latest one being the last good state).
+        checkpoints are left as they were, the latest one being the last good state). The
+        exception is the report: the loop does not print its message (the metrics file gets
+        a record with `nonfinite=1`).
       ValueError: `checkpoint.resume` is False and the checkpoint directory holds checkpoints.
       CorruptCheckpointError: checkpoints exist but none can be restored into `state`.
 
@@ -529,7 +531,10 @@ class _Run:
             self._fail(values, bad, f"non-finite {what}")
 
     def _fail(self, values: Mapping, paths: Sequence[str], reason: str) -> None:
-        """Reports the step as non-finite and raises `NonFiniteError`."""
+        """Records the step as non-finite in the metric files and raises `NonFiniteError`.
+
+        The exception is the one report: nothing is printed here.
+        """
         head = f"{reason} at step {self.step}"
         if values:
             head += " (" + ", ".join(f"{k}={v}" for k, v in values.items()) + ")"
@@ -542,8 +547,7 @@ class _Run:
             if self.last_good is not None
             else f"{head}; stopped with no checkpoint known to be good."
         )
-        self.logger.message(message)
-        self.logger.log(self.step, {**values, "nonfinite": 1}, split="train")
+        self.logger.log(self.step, {**values, "nonfinite": 1}, split="train", echo=False)
         raise NonFiniteError(
             message, step=self.step, metrics=values, last_checkpoint=self.last_good, paths=paths
         )
