@@ -10,7 +10,10 @@
   gradient accumulation, the optax update and TR-DPO reference sync; `jit_step` compiles it.
 * Loop: `train` resumes from the latest good checkpoint (`TrainCheckpointer`), guards against
   NaN/inf, saves on SIGTERM, logs (`MetricLogger`: stdout, tqdm, JSONL, TensorBoard) and runs
-  evaluation hooks.
+  evaluation hooks; `TrainResult.stop_reason` is a `StopReason`.
+* Fingerprints: `params_fingerprint` (SHA-256 of a parameter tree that a checkpoint round trip
+  keeps) names a set of parameters in reports and run guards; `state_checksums` are the
+  per-array checksums a checkpoint is verified with.
 * Configs: `TrainConfig` of `LoopConfig`, `OptimizerConfig`, `CheckpointConfig`,
   `LoggingConfig`, `RefSyncConfig` (frozen dataclasses, `tyro`-ready).
 
@@ -25,6 +28,7 @@ A DPO run (`config` a `TrainConfig`, `data` an iterator of `[2B, T]` pair batche
     result = train(config, state, step, data)
 """
 
+from jaxpref._tree import params_fingerprint
 from jaxpref.train._checkpoint import (
     CheckpointWarning,
     CorruptCheckpointError,
@@ -45,6 +49,7 @@ from jaxpref.train._loop import (
     DataIterator,
     IndexedIterator,
     NonFiniteError,
+    StopReason,
     TrainResult,
     train,
 )
@@ -90,6 +95,7 @@ __all__ = [
     "OptimizerConfig",
     "RefSyncConfig",
     "Restored",
+    "StopReason",
     "TrainCheckpointer",
     "TrainConfig",
     "TrainResult",
@@ -106,6 +112,7 @@ __all__ = [
     "make_sft_objective",
     "make_step",
     "make_token_logps_fn",
+    "params_fingerprint",
     "read_metrics",
     "split_microbatches",
     "split_model",

@@ -12,16 +12,22 @@ One checkpoint step holds four items, written together by an `orbax.checkpoint.C
 
 The checksum (`state_checksums`) is a position-weighted sum of each array's bit patterns computed
 on device; it does not depend on the sharding and detects any single corrupted word. On restore a
-checkpoint that fails to load or whose checksums differ is skipped with a warning and the
-previous one is tried; the skipped ones are then moved aside (`<step>.corrupt-*`).
+checkpoint that fails to load or whose checksums differ is skipped and the previous one is tried;
+the skipped ones are then moved aside (`<step>.corrupt-*`), and each gets one `CheckpointWarning`
+line with a readable reason. orbax's own logging of the failed attempts (and the late reports of
+the reads they abandoned) is silenced while checkpoints are tried.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
+import gc
 import json
+import logging
 import os
+import sys
 import time
 import warnings
 from collections.abc import Mapping
@@ -207,6 +213,100 @@ def _abstract(state: TrainState):
     return jax.tree.map(one, _to_tree(state))
 
 
+# ------------------------------------------------------------------------------------------
+# Quiet restore attempts.
+
+# Loggers that report a failed restore attempt at length (orbax logs through absl; asyncio
+# reports the tasks of the event loop orbax closes).
+_NOISY_LOGGERS = ("absl", "asyncio")
+
+
+def _abandoned_read(args) -> bool:
+    """Whether an unraisable exception is the late report of a read of a failed restore.
+
+    When one array of a restore fails, orbax closes its event loop while TensorStore reads of
+    other arrays are still in flight; each of them completes later, in another thread, tries
+    to wake the closed loop, and is reported as `RuntimeError: Event loop is closed`.
+    Coroutines of that restore that never ran are reported when collected.
+    """
+    if issubclass(args.exc_type, RuntimeError) and str(args.exc_value) == "Event loop is closed":
+        tb = args.exc_traceback
+        while tb is not None:
+            if tb.tb_frame.f_code.co_name == "call_soon_threadsafe":
+                return True
+            tb = tb.tb_next
+    code = getattr(args.object, "cr_code", None)
+    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
+class _QuietAttempts:
+    """While checkpoints are tried: orbax's and asyncio's logging off, the late reports of
+    the reads a failed attempt abandoned dropped (see `_abandoned_read`); everything else, and
+    every setting, as before on exit."""
+
+    SETTLE_S = 0.25  # after a failed attempt, exit once no late report came for this long
+    MAX_WAIT_S = 5.0
+
+    def __init__(self):
+        self.failed = False
+        self._last_report = 0.0
+
+    def _hook(self, args) -> None:
+        if _abandoned_read(args):
+            self._last_report = time.monotonic()
+            return
+        self._previous_hook(args)
+
+    def __enter__(self) -> _QuietAttempts:
+        self._levels = {name: logging.getLogger(name).level for name in _NOISY_LOGGERS}
+        for name in _NOISY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+        self._previous_hook = sys.unraisablehook
+        sys.unraisablehook = self._hook
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        try:
+            if self.failed:
+                # The abandoned reads finish within moments; wait for their reports.
+                start = self._last_report = time.monotonic()
+                while time.monotonic() - start < self.MAX_WAIT_S:
+                    gc.collect()
+                    if time.monotonic() - self._last_report >= self.SETTLE_S:
+                        break
+                    time.sleep(0.05)
+        finally:
+            sys.unraisablehook = self._previous_hook
+            for name, level in self._levels.items():
+                logging.getLogger(name).setLevel(level)
+        return False
+
+
+def _empty_files(directory: epath.Path) -> list[str]:
+    """The files of a directory tree that hold 0 bytes, relative to it (sorted)."""
+    out = []
+    with contextlib.suppress(Exception):  # an unlistable directory: nothing to name
+        for root, _, files in directory.walk():
+            for name in files:
+                path = root / name
+                if path.stat().length == 0:
+                    out.append(os.fspath(path.relative_to(directory)))
+    return sorted(out)
+
+
+def _unusable_reason(step_dir: epath.Path, err: Exception) -> str:
+    """Why a checkpoint did not restore, in a few words: its empty (truncated) files if it has
+    any, else the error's type and first line (without orbax's TensorStore repr)."""
+    empty = _empty_files(step_dir)
+    if empty:
+        shown = ", ".join(empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
+        verb = "is" if len(empty) == 1 else "are"
+        return f"{'file' if len(empty) == 1 else 'files'} {shown} {verb} empty (truncated)"
+    text = str(err).split(" See full TensorStore details:")[0]
+    first = text.splitlines()[0][:300] if text else ""
+    return f"{type(err).__name__}: {first}"
+
+
 class Restored(NamedTuple):
     """What `TrainCheckpointer.restore` returns.
 
@@ -352,11 +452,13 @@ class TrainCheckpointer:
         """Restores the most recent good checkpoint, falling back past bad ones.
 
         Steps are tried from the newest. A checkpoint that fails to load, or whose checksums or
-        step differ from what was saved, is skipped with a `CheckpointWarning` naming the error;
-        once an older one restores, the skipped newer ones are moved aside to
-        `<directory>/<step>.corrupt-<ms>` (so the run can save those steps again). If no
-        checkpoint restores, nothing is moved and `CorruptCheckpointError` lists the errors (a
-        template that does not match the saved state, e.g. another model, fails every step).
+        step differ from what was saved, is skipped; once an older one restores, the skipped
+        newer ones are moved aside to `<directory>/<step>.corrupt-<ms>` (so the run can save
+        those steps again), each with one `CheckpointWarning` that names the reason (its empty
+        files, or the error), the step resumed from and where it was moved. If no checkpoint
+        restores, nothing is moved, each is warned about, and `CorruptCheckpointError` lists
+        the errors (a template that does not match the saved state, e.g. another model, fails
+        every step). orbax's logging is silenced while checkpoints are tried.
 
         Args:
           template: a `TrainState` with the structure, dtypes and shardings to restore into
@@ -370,27 +472,28 @@ class TrainCheckpointer:
         """
         self._manager.wait_until_finished()
         failed: list[tuple[int, str]] = []
-        for step in reversed(self.all_steps()):
-            try:
-                restored = self._restore_step(step, template)
-            except Exception as err:  # any failure makes the checkpoint unusable
-                reason = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
-                failed.append((step, reason))
-                warnings.warn(
-                    f"checkpoint step {step} in {self.directory} is unusable ({reason}); "
-                    "falling back to the previous checkpoint.",
-                    CheckpointWarning,
-                    stacklevel=2,
-                )
+        restored = None
+        with _QuietAttempts() as quiet:
+            for step in reversed(self.all_steps()):
+                try:
+                    restored = self._restore_step(step, template)
+                    break
+                except Exception as err:  # any failure makes the checkpoint unusable
+                    quiet.failed = True
+                    failed.append((step, _unusable_reason(self.directory / str(step), err)))
+        for bad, reason in failed:
+            head = f"checkpoint step {bad} in {self.directory} is unusable ({reason})"
+            if restored is None:
+                warnings.warn(f"{head}.", CheckpointWarning, stacklevel=2)
                 continue
-            for bad, _ in failed:
-                moved = self._quarantine(bad)
-                if moved:
-                    warnings.warn(
-                        f"moved unusable checkpoint step {bad} to {moved}.",
-                        CheckpointWarning,
-                        stacklevel=2,
-                    )
+            moved = self._quarantine(bad)
+            where = f"; moved it to {moved}" if moved else ""
+            warnings.warn(
+                f"{head}; resuming from step {restored.step}{where}.",
+                CheckpointWarning,
+                stacklevel=2,
+            )
+        if restored is not None:
             return restored
         if failed:
             listed = "; ".join(f"step {s}: {r}" for s, r in failed)

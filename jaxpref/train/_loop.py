@@ -13,17 +13,20 @@
   non-finite is ever saved and a resumed checkpoint is checked too, so the last checkpoint is the
   last good state;
 * SIGTERM (preemption): the current step is saved and `train` returns with
-  `stop_reason="preempted"`;
+  `stop_reason=StopReason.PREEMPTED`;
 * metrics every `logging.every_steps` (stdout, progress bar with ETA, JSONL, TensorBoard),
   evaluation hooks every `loop.eval_every` steps, checkpoints every `checkpoint.every_steps`
   and at the end.
 
-The data iterator is any iterator of batches with `get_state()` / `set_state(state)` (a grain
-`DatasetIterator`, or `IndexedIterator` here); its state is JSON-compatible or bytes.
+The data iterator is a `DataIterator`, an iterator of batches with `get_state()` /
+`set_state(state)` (a grain `DatasetIterator`, or `IndexedIterator` here) whose state is
+JSON-compatible or bytes and is checkpointed; a plain iterator also works, without a saved
+position (see `train`).
 """
 
 from __future__ import annotations
 
+import enum
 import math
 import signal
 import threading
@@ -36,7 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpref.train._checkpoint import CheckpointWarning, TrainCheckpointer
+from jaxpref._tree import path_label
+from jaxpref.train._checkpoint import CheckpointWarning, Restored, TrainCheckpointer
 from jaxpref.train._config import TrainConfig, config_to_dict
 from jaxpref.train._metrics import MetricLogger
 from jaxpref.train._state import TrainState
@@ -46,6 +50,7 @@ __all__ = [
     "DataIterator",
     "IndexedIterator",
     "NonFiniteError",
+    "StopReason",
     "TrainResult",
     "train",
 ]
@@ -56,7 +61,9 @@ class DataIterator(Protocol):
     """An iterator of batches whose position can be saved and restored.
 
     `get_state()` returns a JSON-compatible value or bytes; `set_state(state)` puts the iterator
-    back at that position. grain's `DatasetIterator` satisfies it.
+    back at that position. grain's `DatasetIterator` and `IndexedIterator` satisfy it, and
+    `isinstance(it, DataIterator)` tells whether an iterator does (it has all three methods);
+    `train` checkpoints the position of such an iterator only.
     """
 
     def __next__(self) -> Any:
@@ -150,6 +157,27 @@ class NonFiniteError(FloatingPointError):
         self.paths = tuple(paths)
 
 
+class StopReason(enum.StrEnum):
+    """Why `train` returned (`TrainResult.stop_reason`).
+
+    A `str` enum: members compare equal to their values and serialise to JSON as them.
+
+    * `COMPLETED` ("completed"): the run reached `config.loop.steps`;
+    * `PREEMPTED` ("preempted"): SIGTERM (or, on several hosts, JAX's preemption notice)
+      arrived; the step reached was saved;
+    * `DATA_EXHAUSTED` ("data_exhausted"): the data iterator ran out; the step reached was saved.
+
+    Example:
+      >>> import json
+      >>> print(StopReason.PREEMPTED == "preempted", json.dumps(StopReason.COMPLETED))
+      True "completed"
+    """
+
+    COMPLETED = "completed"
+    PREEMPTED = "preempted"
+    DATA_EXHAUSTED = "data_exhausted"
+
+
 class TrainResult(NamedTuple):
     """Outcome of `train`.
 
@@ -159,7 +187,7 @@ class TrainResult(NamedTuple):
       start_step: the step the run started from (the restored step when resuming, else 0 or the
         given state's step).
       restored: whether a checkpoint was restored.
-      stop_reason: "completed", "preempted" or "data_exhausted".
+      stop_reason: a `StopReason` ("completed", "preempted" or "data_exhausted").
       metrics: the last logged training metrics (Python numbers).
       eval_metrics: the last evaluation metrics (Python numbers), or {}.
     """
@@ -168,7 +196,7 @@ class TrainResult(NamedTuple):
     step: int
     start_step: int
     restored: bool
-    stop_reason: str
+    stop_reason: StopReason
     metrics: dict
     eval_metrics: dict
 
@@ -241,16 +269,8 @@ def _nonfinite_paths(tree, flags) -> list[str]:
     if np.all(flags):
         return []
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    names = [_path_name(path) for path, x in flat if _is_float(x)]
+    names = [path_label(path) for path, x in flat if _is_float(x)]
     return [n for n, ok in zip(names, np.asarray(flags), strict=True) if not ok]
-
-
-def _path_name(path) -> str:
-    """`params['w']` for the path `['params']['w']` of a dict of named trees."""
-    head = getattr(path[0], "key", None) if path else None
-    if isinstance(head, str):
-        return head + jax.tree_util.keystr(path[1:])
-    return jax.tree_util.keystr(path)
 
 
 def _saved_part(state: TrainState) -> dict:
@@ -284,8 +304,12 @@ def train(
       state: the freshly initialised state; also the template (structure, dtypes, shardings)
         a checkpoint is restored into.
       step_fn: the jitted step, `step_fn(state, batch) -> (state, metrics)` (`jit_step`).
-      data: iterator of batches; with `get_state` / `set_state` its position is checkpointed
-        (without them a resumed run restarts the data stream, with a warning).
+      data: iterator of batches. A `DataIterator` (with `get_state` / `set_state`: grain's
+        `DatasetIterator`, `IndexedIterator`) has its position saved in every checkpoint and
+        set back on resume, so a resumed run sees exactly the batches an uninterrupted run
+        would. A plain iterator has no position to save: `train` warns
+        (`CheckpointWarning`), its checkpoints hold no data state, and a resumed run takes
+        batches from the iterator as given (normally the start of the data stream again).
       prepare_batch: host function applied to each batch before the step (e.g. add cached
         reference log-probs, shard it with `jaxpref.parallel.shard_batch`); default `as_batch`.
       eval_fn: `state -> {name: scalar}` run every `loop.eval_every` steps and at the end;
@@ -297,12 +321,16 @@ def train(
         (e.g. the experiment's whole config).
 
     Returns:
-      A `TrainResult`.
+      A `TrainResult`; its `stop_reason` is a `StopReason`.
 
     Raises:
       NonFiniteError: a step produced a non-finite loss, gradient norm or parameter, a state
         about to be saved holds a non-finite array, or the resumed checkpoint does (the run's
-        checkpoints are left as they were, the latest one being the last good state).
+        checkpoints are left as they were, the latest one being the last good state). The
+        exception is the report: the loop does not print its message (the metrics file gets
+        a record with `nonfinite=1`).
+      ValueError: `checkpoint.resume` is False and the checkpoint directory holds checkpoints.
+      CorruptCheckpointError: checkpoints exist but none can be restored into `state`.
 
     Example:
       >>> import tempfile, jax.numpy as jnp, optax
@@ -317,200 +345,291 @@ def train(
       >>> print(result.step, result.stop_reason, result.state.params["w"].round(2))
       30 completed [3. 3.]
     """
-    loop, ckpt_cfg = config.loop, config.checkpoint
-    prepare = as_batch if prepare_batch is None else prepare_batch
-    stored_config = {"train": config_to_dict(config), "extra": config_to_dict(extra_config)}
-    has_state = hasattr(data, "get_state") and hasattr(data, "set_state")
-    if not has_state:
+    resumable = isinstance(data, DataIterator)
+    if not resumable:
         warnings.warn(
             "train: the data iterator has no get_state/set_state; a resumed run will restart "
             "the data stream instead of continuing it.",
             CheckpointWarning,
             stacklevel=2,
         )
-    checkpointer = TrainCheckpointer(
-        config.checkpoint_dir,
-        keep=ckpt_cfg.keep,
-        async_save=ckpt_cfg.async_save,
-        verify=ckpt_cfg.verify,
-    )
-    restored = None
-    if ckpt_cfg.resume:
-        restored = checkpointer.restore(state)
-    elif checkpointer.latest_step() is not None:
-        existing = checkpointer.latest_step()
-        checkpointer.close()
-        raise ValueError(
-            f"train: {config.checkpoint_dir} already holds checkpoints (latest step {existing}) "
-            "and `checkpoint.resume` is False: a new run there would mix its checkpoints with "
-            "the old ones (and skip saving their steps). Remove them, choose another "
-            "directory, or resume."
+    run = _Run(config, state, data, resumable=resumable, extra_config=extra_config)
+    try:
+        run.check_resumed()
+        run.loop(step_fn, as_batch if prepare_batch is None else prepare_batch, eval_fn, callbacks)
+    except BaseException:
+        run.close()
+        raise
+    run.close()
+    return run.result()
+
+
+class _Run:
+    """The host side of one `train` call: checkpointer, logger, and what the steps share.
+
+    `__init__` sets the run up (checkpointer, resume or refusal, data position, logger);
+    `check_resumed` guards the restored state; `loop` runs the steps, each one `_step` (the
+    update and its NaN/inf guard) then `_periodic` (logging, evaluation, checkpoint); `close`
+    releases the checkpointer and the logger; `result` is the outcome.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        state: TrainState,
+        data: Iterator,
+        *,
+        resumable: bool,
+        extra_config: Any,
+    ):
+        self.config = config
+        self.data = data
+        self.resumable = resumable
+        self.stored_config = {
+            "train": config_to_dict(config),
+            "extra": config_to_dict(extra_config),
+        }
+        ckpt = config.checkpoint
+        self.checkpointer = TrainCheckpointer(
+            config.checkpoint_dir, keep=ckpt.keep, async_save=ckpt.async_save, verify=ckpt.verify
         )
-    if restored is not None:
-        state = restored.state
-        if restored.data_state is not None and has_state:
-            data.set_state(restored.data_state)
-        changed = _diff(restored.config or {}, stored_config)
+        try:
+            restored = self._restore(state)
+            self.restored_step = None if restored is None else restored.step
+            self.state = state if restored is None else restored.state
+            self.start = self.step = int(jax.device_get(self.state.step))
+            self.logger = MetricLogger(
+                config.run_dir, config.logging, total_steps=config.loop.steps, start_step=self.start
+            )
+        except BaseException:
+            self.checkpointer.close()
+            raise
+        if restored is not None:
+            self.logger.message(
+                f"resumed from checkpoint step {self.start} in {config.checkpoint_dir}"
+            )
+        self.last_saved = self.checkpointer.latest_step()
+        # The latest checkpoint known to hold finite values: the restored one (checked by
+        # `check_resumed`) or one this run saved (checked before saving).
+        self.last_good = self.restored_step
+        self.metrics: Mapping = {}  # the last step's metrics, on device
+        self.host_metrics: dict = {}  # the last logged ones
+        self.eval_metrics: dict = {}
+        self.stop_reason = StopReason.COMPLETED
+        # The current logging window, for throughput.
+        self.t_log = time.perf_counter()
+        self.steps_since_log = 0
+        self.tokens = 0
+
+    # -- setup ----------------------------------------------------------------------------
+
+    def _restore(self, template: TrainState) -> Restored | None:
+        """The latest good checkpoint, with the data position set back; None for a new run.
+
+        Raises ValueError when checkpoints exist and `checkpoint.resume` is False.
+        """
+        config = self.config
+        if not config.checkpoint.resume:
+            existing = self.checkpointer.latest_step()
+            if existing is not None:
+                raise ValueError(
+                    f"train: {config.checkpoint_dir} already holds checkpoints (latest step "
+                    f"{existing}) and `checkpoint.resume` is False: a new run there would mix "
+                    "its checkpoints with the old ones (and skip saving their steps). Remove "
+                    "them, choose another directory, or resume."
+                )
+            return None
+        restored = self.checkpointer.restore(template)
+        if restored is None:
+            return None
+        if restored.data_state is not None and self.resumable:
+            self.data.set_state(restored.data_state)
+        changed = _diff(restored.config or {}, self.stored_config)
         if changed:
             shown = "; ".join(changed[:8]) + ("; ..." if len(changed) > 8 else "")
             warnings.warn(
                 f"train: resuming {config.checkpoint_dir} at step {restored.step} with a "
                 f"configuration that differs from the stored one: {shown}.",
                 CheckpointWarning,
-                stacklevel=2,
+                stacklevel=4,  # _restore <- __init__ <- train <- train's caller
             )
-    start = int(jax.device_get(state.step))
-    total = loop.steps
-    logger = MetricLogger(config.run_dir, config.logging, total_steps=total, start_step=start)
-    if restored is not None:
-        logger.message(f"resumed from checkpoint step {start} in {config.checkpoint_dir}")
+        return restored
 
-    last_saved = checkpointer.latest_step()
-    # The latest checkpoint known to hold finite values: the restored one (checked below) or
-    # one this run saved (checked before saving).
-    last_good = restored.step if restored is not None else None
-    host_metrics: dict = {}
-    eval_metrics: dict = {}
-    stop_reason = "completed"
-    tokens = 0
-    t_log = time.perf_counter()
-    steps_since_log = 0
+    def check_resumed(self) -> None:
+        """Stops with `NonFiniteError` when the restored state holds a non-finite array.
 
-    def check_finite(step_no: int, metrics: Mapping, tree: Mapping, what: str) -> None:
-        # One fetch for the step's loss and gradient norm and the finiteness of every
-        # floating-point array of `tree` (the updated params, or all of a state to be saved).
-        picked = {k: metrics[k] for k in ("loss", "grad_norm") if k in metrics}
+        A checkpoint written elsewhere (or by an older version) may hold one.
+        """
+        if self.restored_step is None:
+            return
+        tree = _saved_part(self.state)
+        bad = _nonfinite_paths(tree, jax.device_get(_finite_flags(tree)))
+        if bad:
+            self.last_good = None
+            where = f"{self.config.checkpoint_dir}/{self.start}"
+            reason = f"non-finite resumed checkpoint {where} (move it aside to resume earlier)"
+            self._fail({}, bad, reason)
+
+    # -- steps ----------------------------------------------------------------------------
+
+    def loop(
+        self,
+        step_fn: Callable[[TrainState, Any], tuple[TrainState, Mapping]],
+        prepare: Callable[[Any], Any],
+        eval_fn: Callable[[TrainState], Mapping[str, Any]] | None,
+        callbacks: Sequence[Callable[[int, TrainState, Mapping], None]],
+    ) -> None:
+        """Steps to `loop.steps`, or until the data ends or a preemption is requested."""
+        with _Preemption(self.config.checkpoint.save_on_preemption) as preempt:
+            while self.step < self.config.loop.steps:
+                try:
+                    raw = next(self.data)
+                except StopIteration:
+                    self.stop_reason = StopReason.DATA_EXHAUSTED
+                    break
+                self._step(step_fn, prepare, raw)
+                for callback in callbacks:
+                    callback(self.step, self.state, self.metrics)
+                preempted = self._periodic(eval_fn, preempt)
+                self.logger.advance()
+                if preempted:
+                    self.stop_reason = StopReason.PREEMPTED
+                    self.logger.message(f"preempted: saved step {self.step}; stopping.")
+                    break
+            if self.stop_reason is StopReason.DATA_EXHAUSTED and self.step > self.start:
+                self._save()
+
+    def _step(self, step_fn, prepare, raw) -> None:
+        """One update, its throughput bookkeeping, and the NaN/inf guard when one is due."""
+        n_tok = _count_tokens(raw)
+        self.state, self.metrics = step_fn(self.state, prepare(raw))
+        self.step += 1
+        if self.step == self.start + 1:
+            # Throughput excludes the first step of a session (it includes compilation).
+            jax.block_until_ready(self.metrics)
+            self._new_window()
+        else:
+            self.steps_since_log += 1
+            self.tokens += n_tok or 0
+        if self._log_due() or self.step % self.config.loop.nan_check_every == 0:
+            self._check_finite({"params": self.state.params}, "params after the update")
+
+    def _check_finite(self, tree: Mapping, what: str) -> None:
+        """Stops with `NonFiniteError` unless this step's loss and gradient norm and every
+        floating-point array of `tree` are finite.
+
+        One fetch for all of them: the metrics and one all-finite flag per array of `tree` (the
+        updated params, or all of a state about to be saved).
+        """
+        picked = {k: self.metrics[k] for k in ("loss", "grad_norm") if k in self.metrics}
         values, flags = jax.device_get((picked, _finite_flags(tree)))
         values = {k: float(np.asarray(v)) for k, v in values.items()}
         bad = _nonfinite_paths(tree, flags)
         if not _finite(values):
-            fail(step_no, _host(metrics), bad, "non-finite training metrics")
+            self._fail(_host(self.metrics), bad, "non-finite training metrics")
         if bad:
-            fail(step_no, values, bad, f"non-finite {what}")
+            self._fail(values, bad, f"non-finite {what}")
 
-    def save(step_no: int, metrics: Mapping, logged: Mapping) -> None:
-        nonlocal last_saved, last_good
-        if last_saved == step_no:
-            return
-        check_finite(step_no, metrics, _saved_part(state), "train state (not saved)")
-        checkpointer.save(
-            step_no,
-            state,
-            data_state=data.get_state() if has_state else None,
-            config=stored_config,
-            meta={"metrics": dict(logged)},
-        )
-        last_saved = last_good = step_no
+    def _fail(self, values: Mapping, paths: Sequence[str], reason: str) -> None:
+        """Records the step as non-finite in the metric files and raises `NonFiniteError`.
 
-    def fail(step_no: int, values: Mapping, paths: Sequence[str], reason: str) -> None:
-        checkpointer.close()
-        head = f"{reason} at step {step_no}"
+        The exception is the one report: nothing is printed here.
+        """
+        head = f"{reason} at step {self.step}"
         if values:
             head += " (" + ", ".join(f"{k}={v}" for k, v in values.items()) + ")"
         if paths:
             more = f", ... ({len(paths) - 8} more)" if len(paths) > 8 else ""
             head += f"; non-finite arrays: {', '.join(paths[:8])}{more}"
         message = (
-            f"{head}; stopped. The last good checkpoint is step {last_good} in "
-            f"{config.checkpoint_dir}."
-            if last_good is not None
+            f"{head}; stopped. The last good checkpoint is step {self.last_good} in "
+            f"{self.config.checkpoint_dir}."
+            if self.last_good is not None
             else f"{head}; stopped with no checkpoint known to be good."
         )
-        logger.message(message)
-        logger.log(step_no, {**values, "nonfinite": 1}, split="train")
-        logger.close()
+        self.logger.log(self.step, {**values, "nonfinite": 1}, split="train", echo=False)
         raise NonFiniteError(
-            message, step=step_no, metrics=values, last_checkpoint=last_good, paths=paths
+            message, step=self.step, metrics=values, last_checkpoint=self.last_good, paths=paths
         )
 
-    if restored is not None:
-        # A checkpoint written elsewhere (or by an older version) may hold non-finite arrays.
-        tree = _saved_part(state)
-        bad = _nonfinite_paths(tree, jax.device_get(_finite_flags(tree)))
-        if bad:
-            last_good = None
-            where = f"{config.checkpoint_dir}/{start}"
-            reason = f"non-finite resumed checkpoint {where} (move it aside to resume earlier)"
-            fail(start, {}, bad, reason)
+    # -- periodic work --------------------------------------------------------------------
 
-    try:
-        with _Preemption(ckpt_cfg.save_on_preemption) as preempt:
-            step_no = start
-            while step_no < total:
-                try:
-                    raw = next(data)
-                except StopIteration:
-                    stop_reason = "data_exhausted"
-                    break
-                n_tok = _count_tokens(raw)
-                state, metrics = step_fn(state, prepare(raw))
-                step_no += 1
-                if step_no == start + 1:
-                    # Throughput excludes the first step of a session (it includes compilation).
-                    jax.block_until_ready(metrics)
-                    t_log, steps_since_log, tokens = time.perf_counter(), 0, 0
-                else:
-                    steps_since_log += 1
-                    tokens += n_tok or 0
-                final = step_no == total
-                want_log = step_no % config.logging.every_steps == 0 or final
-                if want_log or step_no % loop.nan_check_every == 0:
-                    check_finite(
-                        step_no, metrics, {"params": state.params}, "params after the update"
-                    )
-                for callback in callbacks:
-                    callback(step_no, state, metrics)
-                if want_log:
-                    host_metrics = _host(metrics)
-                    perf = {}
-                    if steps_since_log:
-                        elapsed = max(time.perf_counter() - t_log, 1e-9)
-                        perf["perf/steps_per_s"] = steps_since_log / elapsed
-                        if tokens:
-                            perf["perf/tokens_per_s"] = tokens / elapsed
-                    logger.log(step_no, {**host_metrics, **perf})
-                    t_log, steps_since_log, tokens = time.perf_counter(), 0, 0
-                want_eval = (
-                    eval_fn is not None
-                    and loop.eval_every
-                    and (step_no % loop.eval_every == 0 or final)
-                )
-                preempted = ckpt_cfg.save_on_preemption and preempt.check(step_no, checkpointer)
-                periodic = ckpt_cfg.every_steps and step_no % ckpt_cfg.every_steps == 0
-                if want_eval or periodic or final or preempted:
-                    # Evaluation and checkpointing are not training time: keep them out of the
-                    # throughput of the next logging window.
-                    jax.block_until_ready(metrics)
-                    paused = time.perf_counter()
-                    if want_eval:
-                        record = logger.log(step_no, eval_fn(state), split="eval")
-                        eval_metrics = {
-                            k: v for k, v in record.items() if k not in ("step", "split", "time")
-                        }
-                    if periodic or final or preempted:
-                        save(step_no, metrics, host_metrics)
-                    t_log += time.perf_counter() - paused
-                logger.advance()
-                if preempted:
-                    stop_reason = "preempted"
-                    logger.message(f"preempted: saved step {step_no}; stopping.")
-                    break
-            if stop_reason == "data_exhausted" and step_no > start:
-                save(step_no, metrics, host_metrics)
-    except NonFiniteError:
-        raise
-    except BaseException:
-        checkpointer.close()
-        logger.close()
-        raise
-    checkpointer.close()
-    logger.close()
-    return TrainResult(
-        state=state,
-        step=int(jax.device_get(state.step)),
-        start_step=start,
-        restored=restored is not None,
-        stop_reason=stop_reason,
-        metrics=host_metrics,
-        eval_metrics=eval_metrics,
-    )
+    def _log_due(self) -> bool:
+        every = self.config.logging.every_steps
+        return self.step % every == 0 or self.step == self.config.loop.steps
+
+    def _periodic(self, eval_fn, preempt: _Preemption) -> bool:
+        """The logging, evaluation and checkpoint due after this step; whether it was preempted
+        (the step is then saved)."""
+        loop, ckpt = self.config.loop, self.config.checkpoint
+        final = self.step == loop.steps
+        if self._log_due():
+            self._log()
+        want_eval = (
+            eval_fn is not None and loop.eval_every and (self.step % loop.eval_every == 0 or final)
+        )
+        preempted = ckpt.save_on_preemption and preempt.check(self.step, self.checkpointer)
+        periodic = ckpt.every_steps and self.step % ckpt.every_steps == 0
+        if want_eval or periodic or final or preempted:
+            # Evaluation and checkpointing are not training time: keep them out of the
+            # throughput of the next logging window.
+            jax.block_until_ready(self.metrics)
+            paused = time.perf_counter()
+            if want_eval:
+                self._evaluate(eval_fn)
+            if periodic or final or preempted:
+                self._save()
+            self.t_log += time.perf_counter() - paused
+        return bool(preempted)
+
+    def _new_window(self) -> None:
+        self.t_log, self.steps_since_log, self.tokens = time.perf_counter(), 0, 0
+
+    def _log(self) -> None:
+        """Logs this step's metrics and the throughput since the last log."""
+        self.host_metrics = _host(self.metrics)
+        perf = {}
+        if self.steps_since_log:
+            elapsed = max(time.perf_counter() - self.t_log, 1e-9)
+            perf["perf/steps_per_s"] = self.steps_since_log / elapsed
+            if self.tokens:
+                perf["perf/tokens_per_s"] = self.tokens / elapsed
+        self.logger.log(self.step, {**self.host_metrics, **perf})
+        self._new_window()
+
+    def _evaluate(self, eval_fn: Callable[[TrainState], Mapping[str, Any]]) -> None:
+        record = self.logger.log(self.step, eval_fn(self.state), split="eval")
+        self.eval_metrics = {k: v for k, v in record.items() if k not in ("step", "split", "time")}
+
+    def _save(self) -> None:
+        """Checkpoints this step (once), after checking that all of the state is finite."""
+        if self.last_saved == self.step:
+            return
+        self._check_finite(_saved_part(self.state), "train state (not saved)")
+        self.checkpointer.save(
+            self.step,
+            self.state,
+            data_state=self.data.get_state() if self.resumable else None,
+            config=self.stored_config,
+            meta={"metrics": dict(self.host_metrics)},
+        )
+        self.last_saved = self.last_good = self.step
+
+    # -- finish ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Waits for pending checkpoint writes; closes the checkpointer and the metric sinks."""
+        self.checkpointer.close()
+        self.logger.close()
+
+    def result(self) -> TrainResult:
+        """The outcome of the run."""
+        return TrainResult(
+            state=self.state,
+            step=int(jax.device_get(self.state.step)),
+            start_step=self.start,
+            restored=self.restored_step is not None,
+            stop_reason=self.stop_reason,
+            metrics=self.host_metrics,
+            eval_metrics=self.eval_metrics,
+        )

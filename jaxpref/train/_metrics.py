@@ -163,13 +163,17 @@ class MetricLogger:
         if self._bar is not None:
             self._bar.update(n)
 
-    def log(self, step: int, metrics: Mapping[str, Any], *, split: str = "train") -> dict:
+    def log(
+        self, step: int, metrics: Mapping[str, Any], *, split: str = "train", echo: bool = True
+    ) -> dict:
         """Writes one record of scalar metrics (arrays are fetched from the devices).
 
         Args:
           step: the step the metrics belong to.
           metrics: name -> scalar (Python number, numpy or jax scalar); others are skipped.
           split: "train" or "eval" (TensorBoard tags are `<split>/<name>`).
+          echo: print the record to stdout when `config.stdout` is on (False: files only, e.g.
+            for a record another report, such as an exception, already states).
 
         Returns:
           The record as written (Python numbers).
@@ -185,7 +189,7 @@ class MetricLogger:
         if self._tb is not None:
             for k, v in values.items():
                 self._tb.add_scalar(f"{split}/{k}", v, int(step))
-        if self.config.stdout:
+        if self.config.stdout and echo:
             shown = " ".join(
                 f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()
             )

@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,10 +21,12 @@ from jaxpref.train import (
     CheckpointConfig,
     CheckpointWarning,
     CorruptCheckpointError,
+    DataIterator,
     IndexedIterator,
     LoggingConfig,
     LoopConfig,
     NonFiniteError,
+    StopReason,
     TrainCheckpointer,
     TrainConfig,
     TrainResult,
@@ -315,3 +318,90 @@ def test_exhausted_data_saves_and_reports(tmp_path):
     result = train(_config(tmp_path, 10), _state(), STEP, data)
     assert (result.step, result.stop_reason) == (3, "data_exhausted")
     assert _saved_steps(tmp_path / "checkpoints") == [2, 3]
+
+
+def test_stop_reason_is_a_string_enum(reference_run):
+    reason = reference_run.result.stop_reason
+    assert reason is StopReason.COMPLETED and isinstance(reason, str)
+    assert json.dumps({"stop_reason": reason}) == '{"stop_reason": "completed"}'
+    assert f"{reason}" == "completed"
+
+
+def test_a_plain_iterator_trains_and_resumes_without_a_data_position(tmp_path):
+    def plain():
+        return (_batch(i) for i in range(100))
+
+    assert isinstance(IndexedIterator(_batch), DataIterator)
+    assert not isinstance(plain(), DataIterator)
+    with pytest.warns(CheckpointWarning, match="no get_state/set_state"):
+        first = train(_config(tmp_path, 2), _state(), STEP, plain())
+    assert first.step == 2 and not (tmp_path / "checkpoints" / "2" / "data").exists()
+    with pytest.warns(CheckpointWarning) as record:
+        second = train(_config(tmp_path, 3, every_steps=0), _state(), STEP, plain())
+    messages = [str(w.message) for w in record]
+    assert any("no get_state/set_state" in m for m in messages), messages
+    assert any("train.loop.steps: 2 -> 3" in m for m in messages), messages
+    assert all(w.filename == __file__ for w in record)  # attributed to the caller of train
+    # The parameters continue from step 2; the data stream starts again (batch 0 at step 3).
+    assert (second.start_step, second.step, second.restored) == (2, 3, True)
+    expected = train(
+        _config(tmp_path / "by_index", 3, every_steps=0),
+        _state(),
+        STEP,
+        IndexedIterator(lambda i: _batch(i if i < 2 else i - 2)),
+    )
+    assert state_bytes(second.state) == state_bytes(expected.state)
+
+
+@pytest.fixture(scope="module")
+def tiny_run_dir(tmp_path_factory):
+    """A finished `_tiny_run` (checkpoints 6 and 8) and a pristine copy of its directory."""
+    base = tmp_path_factory.mktemp("tiny_run")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    cmd = [sys.executable, "-m", "tests.train._tiny_run", str(base / "run"), str(base / "a.bin")]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    shutil.copytree(base / "run", base / "pristine")
+    return base
+
+
+def _largest_array_file(step_dir):
+    files = [f for f in glob.glob(f"{step_dir}/state/*/d/*") if os.path.isfile(f)]
+    return max(files, key=os.path.getsize)
+
+
+def _btree_file(step_dir):
+    (only,) = glob.glob(f"{step_dir}/state/d/*")  # OCDBT's index of the arrays
+    return only
+
+
+@pytest.mark.parametrize("pick", [_largest_array_file, _btree_file])
+def test_truncated_checkpoint_file_is_one_readable_warning(tiny_run_dir, pick):
+    run_dir = tiny_run_dir / "run"  # the same path as when saved: no configuration change
+    shutil.rmtree(run_dir)
+    shutil.copytree(tiny_run_dir / "pristine", run_dir)
+    assert _saved_steps(run_dir / "checkpoints") == [6, 8]
+    target = pick(run_dir / "checkpoints" / "8")
+    with open(target, "wb"):
+        pass  # truncated to 0 bytes
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    cmd = [sys.executable, "-m", "tests.train._tiny_run", str(run_dir), str(tiny_run_dir / "b")]
+    resumed = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "start_step=6 step=8 restored=True" in resumed.stdout  # fell back to step 6
+    assert (tiny_run_dir / "b").read_bytes() == (tiny_run_dir / "a.bin").read_bytes()
+    stderr = resumed.stderr
+    assert "Traceback" not in stderr, stderr[:3000]
+    # One warning line; the only other line the warnings module may print is the indented
+    # source line of the call that warned.
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    unindented = [line for line in lines if not line.startswith(" ")]
+    assert len(unindented) == 1 and len(lines) <= 2, stderr[:3000]
+    warning = unindented[0]
+    relative = os.path.relpath(target, run_dir / "checkpoints" / "8")
+    expected = (
+        f"CheckpointWarning: checkpoint step 8 in {run_dir / 'checkpoints'} is unusable "
+        f"(file {relative} is empty (truncated)); resuming from step 6; moved it to "
+    )
+    assert expected in warning, warning
+    assert glob.glob(str(run_dir / "checkpoints" / "8.corrupt-*"))

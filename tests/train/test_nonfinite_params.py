@@ -165,3 +165,21 @@ def test_resuming_a_non_finite_checkpoint_fails_and_leaves_it(tmp_path):
     assert info.value.last_checkpoint is None
     steps, restored = _saved(tmp_path, tx)  # left in place
     assert steps == [3] and float(restored.state.params["b"][1]) == np.inf
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_the_exception_is_the_one_report_of_a_stop(tmp_path, capfd, progress):
+    tx = _nan_update_of_b_at(3)
+    logging = LoggingConfig(every_steps=1, stdout=True, progress=progress, tensorboard=False)
+    config = dataclasses.replace(_config(tmp_path), logging=logging)
+    state = init_train_state(_params(), tx, 0)
+    with pytest.raises(NonFiniteError) as info:
+        train(config, state, jit_step(make_step(_objective, tx)), _data())
+    out, err = capfd.readouterr()
+    message = str(info.value)
+    assert "non-finite params after the update at step 3" in message
+    printed = out + err
+    assert "[train] step 2:" in out  # the loop did print its metric lines up to the stop
+    assert printed.count("non-finite") == 0, printed  # but not the stop itself: zero copies
+    assert "nonfinite" not in printed and "step 3" not in printed, printed
+    assert read_metrics(tmp_path)[-1]["nonfinite"] == 1  # still recorded in the metrics file
