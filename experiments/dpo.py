@@ -35,7 +35,6 @@ any layout `jaxpref.data.read_preferences` reads; the gold-reward fields are the
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import pathlib
 import sys
@@ -58,29 +57,8 @@ from jaxpref.train import (
     OptimizerConfig,
     RefSyncConfig,
     config_to_dict,
+    params_fingerprint,
 )
-
-
-def _path_name(path) -> str:
-    parts = (getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
-    return "/".join(str(p) for p in parts)
-
-
-def params_fingerprint(params) -> str:
-    """SHA-256 over every parameter's path, dtype, shape and bytes (sorted by path).
-
-    Paths are written as `a/b/0/c`, so a parameter list and a dict keyed by position (as a
-    checkpoint stores it) give the same fingerprint.
-    """
-    leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]
-    h = hashlib.sha256()
-    for name, leaf in sorted((_path_name(p), x) for p, x in leaves):
-        arr = np.ascontiguousarray(np.asarray(leaf))
-        h.update(name.encode())
-        h.update(f"{arr.dtype}{arr.shape}".encode())
-        h.update(arr.tobytes())
-    return h.hexdigest()
-
 
 PROG = "python -m experiments.dpo"
 

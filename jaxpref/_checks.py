@@ -32,9 +32,6 @@ def _where(fn: str | None) -> str:
 
 def check_rank(x, name: str, rank: int | Sequence[int], *, fn: str | None = None) -> None:
     """Raises `ValueError` unless `x` has one of the given ranks."""
-    if isinstance(x, str) and not isinstance(name, str):
-        # Legacy `(name, x)` order, still used by `jaxpref/data/_packing.py`; remove with it.
-        x, name = name, x
     ranks = (rank,) if isinstance(rank, int) else tuple(rank)
     if jnp.ndim(x) not in ranks:
         want = " or ".join(str(r) for r in ranks)
@@ -44,9 +41,7 @@ def check_rank(x, name: str, rank: int | Sequence[int], *, fn: str | None = None
         )
 
 
-def check_same_shape(
-    arrays: dict, reference: str, *legacy, fn: str | None = None
-) -> tuple[int, ...]:
+def check_same_shape(arrays: dict, reference: str, *, fn: str | None = None) -> tuple[int, ...]:
     """Raises `ValueError` unless every non-None array in `arrays` has the shape of `reference`.
 
     Args:
@@ -57,11 +52,6 @@ def check_same_shape(
     Returns:
       The common shape.
     """
-    if isinstance(arrays, str):
-        # Legacy `(fn, reference, arrays)` order, still used by `jaxpref/data/_packing.py`;
-        # remove `*legacy` with it.
-        (values,) = legacy
-        return check_same_shape(values, reference, fn=arrays)
     shape = tuple(jnp.shape(arrays[reference]))
     for name, value in arrays.items():
         if value is None:

@@ -176,12 +176,12 @@ def packed_pair_logprobs(token_logps, batch: PackedPairBatch, mask=None):
       [-1.] [-3.]
     """
     fn = "packed_pair_logprobs"
-    check_rank("token_logps", token_logps, 2, fn=fn)
+    check_rank(token_logps, "token_logps", 2, fn=fn)
     seg = jnp.asarray(batch.segment_ids)
     if mask is None:
         lm = jnp.asarray(batch.loss_mask)
         mask = jnp.concatenate([lm[:, 1:], jnp.zeros_like(lm[:, :1])], axis=1)
-    check_same_shape(fn, "token_logps", {"token_logps": token_logps, "mask": mask, "seg": seg})
+    check_same_shape({"token_logps": token_logps, "mask": mask, "seg": seg}, "token_logps", fn=fn)
     values = f32(token_logps)
     keep = f32(mask) != 0
     rows = jnp.asarray(batch.pair_row)

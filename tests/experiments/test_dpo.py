@@ -21,6 +21,7 @@ from jaxpref.train import (
     LoggingConfig,
     LoopConfig,
     OptimizerConfig,
+    params_fingerprint,
     read_metrics,
 )
 
@@ -132,11 +133,11 @@ def test_tiny_run_writes_a_complete_report(tiny_run):
 def test_fingerprint_is_the_hash_of_the_final_checkpoint(tiny_run):
     out, report = tiny_run
     params = _checkpoint_params(out, 3)
-    assert dpo.params_fingerprint(params) == report["final_params_fingerprint"]
+    assert params_fingerprint(params) == report["final_params_fingerprint"]
     changed = dict(params)
     changed["embed"] = np.asarray(params["embed"]).copy()
     changed["embed"].flat[0] += 1e-6
-    assert dpo.params_fingerprint(changed) != report["final_params_fingerprint"]
+    assert params_fingerprint(changed) != report["final_params_fingerprint"]
 
 
 def test_metrics_and_checkpoints_of_both_stages(tiny_run):
@@ -435,8 +436,8 @@ def test_spearman_and_fingerprint_helpers():
     assert np.isnan(kit.spearman(x, np.ones(4)))
     as_list = {"layers": [{"w": np.ones(2, np.float32)}]}
     as_dict = {"layers": {"0": {"w": np.ones(2, np.float32)}}}
-    assert dpo.params_fingerprint(as_list) == dpo.params_fingerprint(as_dict)
-    assert dpo.params_fingerprint(as_list) != dpo.params_fingerprint(
+    assert params_fingerprint(as_list) == params_fingerprint(as_dict)
+    assert params_fingerprint(as_list) != params_fingerprint(
         {"layers": [{"w": np.ones(2, np.float64)}]}
     )
 
