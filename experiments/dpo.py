@@ -48,7 +48,7 @@ import jaxpref.losses as jl
 from jaxpref import experiment as kit
 from jaxpref.data import synthetic
 from jaxpref.experiment import lm
-from jaxpref.experiment.lm import ModelSpec, TokenTaskSpec
+from jaxpref.experiment.lm import ModelSpec, PreferenceFileSpec, TokenTaskSpec
 from jaxpref.train import (
     CheckpointConfig,
     IndexedIterator,
@@ -61,37 +61,6 @@ from jaxpref.train import (
 )
 
 PROG = "python -m experiments.dpo"
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSpec:
-    """A real preference file (optional; without it the synthetic task is used).
-
-    Args:
-      path: JSONL (plain, .gz, .bz2 or .xz) or Parquet preference file (explicit
-        prompt/chosen/rejected, HH-RLHF, or conversational layouts).
-      tokenizer: `tokenizer.json` of the model; default `<model.hf_path>/tokenizer.json`.
-      bos_token: beginning-of-sequence token of the tokenizer, if the model uses one.
-      eos_token: end-of-sequence token appended to completions and ending generation.
-      pad_token: padding token (default: the eos token).
-      max_length: tokens per row (prompt + completion); longer records are truncated (counted).
-      max_prompt_length: most prompt tokens (default `max_length // 2`).
-      eval_pairs: records held out (after a seeded shuffle) for evaluation.
-      max_new_tokens: completion length sampled for the KL estimate.
-      on_error: "raise" stops at the first malformed record (file, line, reason); "skip" skips
-        malformed records and counts them by reason in the report.
-    """
-
-    path: str | None = None
-    tokenizer: str | None = None
-    bos_token: str | None = None
-    eos_token: str | None = None
-    pad_token: str | None = None
-    max_length: int = 256
-    max_prompt_length: int | None = None
-    eval_pairs: int = 64
-    max_new_tokens: int = 32
-    on_error: Literal["raise", "skip"] = "raise"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +118,7 @@ class Config:
     # reference, so the default run's win rate is informative rather than saturated at 1.
     task: TokenTaskSpec = TokenTaskSpec(reward_scale=0.25)
     model: ModelSpec = ModelSpec()
-    data: DataSpec = DataSpec()
+    data: PreferenceFileSpec = PreferenceFileSpec()
     sft: SFTSpec = SFTSpec()
     loss: jl.LossConfig = jl.LossConfig(beta=0.5)
     compare: str | None = None
@@ -195,38 +164,48 @@ def _validate(config: Config) -> None:
         raise fail(f"--batch-size must be positive, got {config.batch_size}.")
     accum = config.loop.accum_steps
     if config.batch_size % accum:
-        raise fail(f"--batch-size {config.batch_size} is not divisible into "
-                   f"--loop.accum-steps {accum} microbatches.")  # fmt: skip
+        raise fail(
+            f"--batch-size {config.batch_size} is not divisible into "
+            f"--loop.accum-steps {accum} microbatches."
+        )
     if config.run_sft:
         if config.sft.batch_size <= 0 or config.sft.steps <= 0:
-            raise fail(f"--sft.batch-size and --sft.steps must be positive, got "
-                       f"{config.sft.batch_size} and {config.sft.steps}.")  # fmt: skip
+            raise fail(
+                f"--sft.batch-size and --sft.steps must be positive, got "
+                f"{config.sft.batch_size} and {config.sft.steps}."
+            )
         if config.sft.batch_size % accum:
-            raise fail(f"--sft.batch-size {config.sft.batch_size} is not divisible into "
-                       f"--loop.accum-steps {accum} microbatches (the SFT stage accumulates "
-                       "too).")  # fmt: skip
+            raise fail(
+                f"--sft.batch-size {config.sft.batch_size} is not divisible into "
+                f"--loop.accum-steps {accum} microbatches (the SFT stage accumulates "
+                "too)."
+            )
     if config.reference == "cached" and config.ref_sync.enabled:
         raise fail("--ref-sync needs --reference live (a synced reference changes).")
     if config.synthetic:
         if config.task.num_pairs < config.batch_size:
-            raise fail(f"--task.num-pairs {config.task.num_pairs} is smaller than --batch-size "
-                       f"{config.batch_size}.")  # fmt: skip
+            raise fail(
+                f"--task.num-pairs {config.task.num_pairs} is smaller than --batch-size "
+                f"{config.batch_size}."
+            )
         if config.model.hf_path is not None:
-            raise fail("--model.hf-path needs --data.path (the synthetic task has its own "
-                       "vocabulary).")  # fmt: skip
+            raise fail(
+                "--model.hf-path needs --data.path (the synthetic task has its own vocabulary)."
+            )
         if not config.run_sft:
             raise fail("the synthetic task needs the SFT stage (--sft.mode auto or on).")
         return
     if config.reference == "cached":
-        raise fail("--reference cached is available on the synthetic task; with real data "
-                   "build a jaxpref.data.RefLogprobCache with the dataset.")  # fmt: skip
+        raise fail(
+            "--reference cached is available on the synthetic task; with real data "
+            "build a jaxpref.data.RefLogprobCache with the dataset."
+        )
     if not pathlib.Path(config.data.path).is_file():
         raise kit.InputError(f"--data.path: no file at {config.data.path!r}.")
     if config.model.hf_path is not None and not pathlib.Path(config.model.hf_path).is_dir():
         raise kit.InputError(f"--model.hf-path: no directory at {config.model.hf_path!r}.")
     if config.data.tokenizer is None and config.model.hf_path is None:
-        raise fail("--data.path needs --data.tokenizer (or --model.hf-path with a "
-                   "tokenizer.json).")  # fmt: skip
+        raise fail("--data.path needs --data.tokenizer (or --model.hf-path with a tokenizer.json).")
     if not pathlib.Path(_tokenizer_path(config)).is_file():
         raise kit.InputError(f"--data.tokenizer: no tokenizer file at {_tokenizer_path(config)!r}.")
 
@@ -252,14 +231,23 @@ def run_sft(config: Config, model, batches, stage_dir: pathlib.Path, mesh=None, 
     sft = config.sft
     stage = _stage(config, stage_dir, steps=sft.steps, optimizer=sft.optimizer, eval_every=0)
     extra = {"stage": "sft", "experiment": config_to_dict(config)}
-    return lm.train_sft(model, batches, stage, seed=config.loop.seed, mesh=mesh, rules=rules,
-                        extra_config=extra)  # fmt: skip
+    return lm.train_sft(
+        model, batches, stage, seed=config.loop.seed, mesh=mesh, rules=rules, extra_config=extra
+    )
 
 
 def train_and_summarise(
-    config: Config, model_def, ref_params, batches, run: kit.RunDir, evaluator, *,
-    inputs, stage="dpo", **mesh
-) -> tuple[dict, Any, list, list]:  # fmt: skip
+    config: Config,
+    model_def,
+    ref_params,
+    batches,
+    run: kit.RunDir,
+    evaluator,
+    *,
+    inputs,
+    stage="dpo",
+    **mesh,
+) -> tuple[dict, Any, list, list]:
     """Runs (or resumes) one DPO stage, evaluates the final policy and summarises it.
 
     Returns:
@@ -268,16 +256,28 @@ def train_and_summarise(
       parameters and the deduplicated metric records of the stage.
     """
     stage_dir = run.path / stage
-    train_config = _stage(config, stage_dir, steps=config.loop.steps, optimizer=config.optimizer,
-                          eval_every=config.loop.eval_every, ref_sync=config.ref_sync)  # fmt: skip
+    train_config = _stage(
+        config,
+        stage_dir,
+        steps=config.loop.steps,
+        optimizer=config.optimizer,
+        eval_every=config.loop.eval_every,
+        ref_sync=config.ref_sync,
+    )
     kit.guard_inputs(stage_dir, train_config.checkpoint_dir, inputs)
     with run.phase(stage):
         result = lm.train_preference(
-            model_def, ref_params, batches, train_config, loss=config.loss,
+            model_def,
+            ref_params,
+            batches,
+            train_config,
+            loss=config.loss,
             reference=config.reference,
-            seed=config.loop.seed, evaluator=evaluator,
-            extra_config={"stage": "dpo", "experiment": config_to_dict(config)}, **mesh,
-        )  # fmt: skip
+            seed=config.loop.seed,
+            evaluator=evaluator,
+            extra_config={"stage": "dpo", "experiment": config_to_dict(config)},
+            **mesh,
+        )
     kit.require_completed(result, stage.upper(), run.path)
     params = jax.device_get(result.state.params)
     with run.phase("evaluate"):
@@ -314,7 +314,7 @@ def train_and_summarise(
 def main(config: Config) -> kit.Report:
     """Runs (or resumes) the experiment; writes and returns the report."""
     _validate(config)
-    real = None if config.synthetic else _load_real(config)  # reads and checks; writes nothing
+    real = None if config.synthetic else _load_real(config)
     run = kit.open_run_dir(config.out, config, experiment="dpo", force=config.force)
     run.log(f"run directory: {run.path.resolve()}")
     if real is None:
@@ -342,18 +342,29 @@ def _main_synthetic(config: Config, run: kit.RunDir) -> dict:
 
     def make_pairs():
         prompts = {
-            "train": synthetic.sample_prompts(data.key_prompts, data.task, t.num_pairs,
-                                              t.prompt_length),
-            "eval": synthetic.sample_prompts(jax.random.fold_in(data.key_prompts, 1), data.task,
-                                             t.num_eval_pairs, t.prompt_length),
-        }  # fmt: skip
+            "train": synthetic.sample_prompts(
+                data.key_prompts, data.task, t.num_pairs, t.prompt_length
+            ),
+            "eval": synthetic.sample_prompts(
+                jax.random.fold_in(data.key_prompts, 1),
+                data.task,
+                t.num_eval_pairs,
+                t.prompt_length,
+            ),
+        }
         keys = {"train": data.key_pairs, "eval": data.key_eval_pairs}
-        return {f"{split}_{k}": v for split in ("train", "eval")
-                for k, v in lm.sample_token_pairs(data, ref_model, keys[split],
-                                                  np.asarray(prompts[split])).items()}  # fmt: skip
+        return {
+            f"{split}_{k}": v
+            for split in ("train", "eval")
+            for k, v in lm.sample_token_pairs(
+                data, ref_model, keys[split], np.asarray(prompts[split])
+            ).items()
+        }
 
-    pairs_key = {"reference_fingerprint": ref_fp,
-                 "task": json.dumps(config_to_dict(t), sort_keys=True)}  # fmt: skip
+    pairs_key = {
+        "reference_fingerprint": ref_fp,
+        "task": json.dumps(config_to_dict(t), sort_keys=True),
+    }
     with run.phase("pairs"):
         stored = kit.cached_arrays(run.path / "pairs.npz", pairs_key, make_pairs)
     train_pairs = {k[6:]: v for k, v in stored.items() if k.startswith("train_")}
@@ -366,19 +377,29 @@ def _main_synthetic(config: Config, run: kit.RunDir) -> dict:
         extra = lm.cached_reference_logps(data, evaluator.logps, ref_params, train_pairs)
 
     def rows(idx):
-        return data.pair_rows(train_pairs["prompt"][idx], train_pairs["chosen"][idx],
-                              train_pairs["rejected"][idx])  # fmt: skip
+        return data.pair_rows(
+            train_pairs["prompt"][idx], train_pairs["chosen"][idx], train_pairs["rejected"][idx]
+        )
 
     def batches():
         return lm.EpochIterator(rows, t.num_pairs, config.batch_size, config.loop.seed, extra)
 
-    run.log(f"{config.loss.name} (beta={beta}) for {config.loop.steps} steps of "
-            f"{config.batch_size} pairs, reference {config.reference}")  # fmt: skip
+    run.log(
+        f"{config.loss.name} (beta={beta}) for {config.loop.steps} steps of "
+        f"{config.batch_size} pairs, reference {config.reference}"
+    )
     inputs = {"reference_fingerprint": ref_fp, "pairs_fingerprint": params_fingerprint(stored)}
     summary, params, trains, evals = train_and_summarise(
-        config, model_def, ref_params, batches(), run, evaluator,
-        inputs=inputs, mesh=mesh, rules=rules,
-    )  # fmt: skip
+        config,
+        model_def,
+        ref_params,
+        batches(),
+        run,
+        evaluator,
+        inputs=inputs,
+        mesh=mesh,
+        rules=rules,
+    )
     optimum = lm.token_task_optimum(data, beta, eval_pairs)
     exact = {k: v for k, v in optimum.items() if k != "token_implicit_optimum"}
     results = {
@@ -397,20 +418,32 @@ def _main_synthetic(config: Config, run: kit.RunDir) -> dict:
     if config.compare is not None:
         other = dataclasses.replace(config, loss=_compare_loss(config))
         run.log(f"comparison: {config.compare} on the same pairs")
-        cmp, *_ = train_and_summarise(other, model_def, ref_params, batches(), run, {}, evaluator,
-                                      inputs=inputs, stage=f"compare_{config.compare}",
-                                      mesh=mesh, rules=rules)  # fmt: skip
+        cmp, *_ = train_and_summarise(
+            other,
+            model_def,
+            ref_params,
+            batches(),
+            run,
+            {},
+            evaluator,
+            inputs=inputs,
+            stage=f"compare_{config.compare}",
+            mesh=mesh,
+            rules=rules,
+        )
         results["compare"] = {**cmp, "gold_gap_closed": _gap_closed(cmp, exact)}
     with run.phase("plots"):
         _plot_curves(run.path, trains, evals, results)
         lm.plot_token_credit(
             run.path / "token_credit.png", eval_pairs, evaluator.token_implicit_rewards(params)
         )
-    run.log(f"gold reward {results['gold_reward_ref']:+.3f} (ref) -> "
-            f"{results['gold_reward_policy']:+.3f} (policy; optimum "
-            f"{exact['gold_reward_optimum']:+.3f}; gap closed {results['gold_gap_closed']:.3f}), "
-            f"win rate {results['win_rate_vs_ref']:.3f}, KL {results['kl_to_ref']:.3f}, token "
-            f"credit spearman {results['token_credit_spearman']:.3f}")  # fmt: skip
+    run.log(
+        f"gold reward {results['gold_reward_ref']:+.3f} (ref) -> "
+        f"{results['gold_reward_policy']:+.3f} (policy; optimum "
+        f"{exact['gold_reward_optimum']:+.3f}; gap closed {results['gold_gap_closed']:.3f}), "
+        f"win rate {results['win_rate_vs_ref']:.3f}, KL {results['kl_to_ref']:.3f}, token "
+        f"credit spearman {results['token_credit_spearman']:.3f}"
+    )
     return results
 
 
@@ -443,107 +476,83 @@ def _real_model(config: Config, tokenizer):
         return m.build(tokenizer.vocab_size, d.max_length)
     model = from_hf(m.hf_path, dtype=m.dtype)
     if tokenizer.vocab_size > model.config.vocab_size:
-        raise kit.InputError(f"--data.tokenizer has {tokenizer.vocab_size} tokens but the model "
-                             f"at {m.hf_path!r} only {model.config.vocab_size}.")  # fmt: skip
+        raise kit.InputError(
+            f"--data.tokenizer has {tokenizer.vocab_size} tokens but the model "
+            f"at {m.hf_path!r} only {model.config.vocab_size}."
+        )
     if model.config.max_seq_len < d.max_length:
-        raise kit.ConfigError(f"--data.max-length {d.max_length} exceeds the model's context "
-                              f"{model.config.max_seq_len}.")  # fmt: skip
+        raise kit.ConfigError(
+            f"--data.max-length {d.max_length} exceeds the model's context "
+            f"{model.config.max_seq_len}."
+        )
     return model
 
 
-def _read_records(config: Config):
-    from jaxpref.data import DataError, read_preferences
-
-    try:
-        return read_preferences(config.data.path, on_error=config.data.on_error)
-    except DataError as err:
-        hint = "" if err.reason == "malformed_file" else (
-            " (pass --data.on-error skip to skip such records; they are counted in the report)"
-        )  # fmt: skip
-        raise kit.InputError(f"--data.path {err}{hint}") from None
-
-
 def _load_real(config: Config):
-    """The tokenizer, model and records of a real-data run, checked against the config."""
+    """The model and the preference file of a real-data run, checked; writes nothing."""
     from jaxpref.data import HFTokenizer
 
     d = config.data
-    tokenizer = HFTokenizer(_tokenizer_path(config), bos_token=d.bos_token,
-                            eos_token=d.eos_token, pad_token=d.pad_token)  # fmt: skip
+    tokenizer = HFTokenizer(
+        _tokenizer_path(config), bos_token=d.bos_token, eos_token=d.eos_token, pad_token=d.pad_token
+    )
     model = _real_model(config, tokenizer)
-    records, read_report = _read_records(config)
-    if len(records) <= d.eval_pairs:
-        raise kit.InputError(f"--data.path {d.path}: {len(records)} usable records, not more "
-                             f"than --data.eval-pairs {d.eval_pairs}.")  # fmt: skip
-    order = np.random.default_rng(config.loop.seed).permutation(len(records))
-    eval_records = [records[i] for i in order[: d.eval_pairs]]
-    train_records = [records[i] for i in order[d.eval_pairs :]]
-    if len(train_records) < config.batch_size:
-        raise kit.InputError(f"--data.path {d.path}: {len(train_records)} training records, "
-                             f"fewer than --batch-size {config.batch_size}.")  # fmt: skip
-    return tokenizer, model, read_report, train_records, eval_records
+    data = lm.PreferenceFile(d, tokenizer, seed=config.loop.seed, batch_size=config.batch_size)
+    return model, data
 
 
-def _main_real(config: Config, run: kit.RunDir, tokenizer, model, read_report,
-               train_records, eval_records) -> dict:  # fmt: skip
-    from jaxpref.data import ReadReport, TokenizeConfig, preference_pipeline
-
-    d = config.data
+def _main_real(config: Config, run: kit.RunDir, model, data: lm.PreferenceFile) -> dict:
     mesh, rules = kit.mesh_for(config.sharding)
-    if tokenizer.ignored_settings:
-        run.log(f"ignoring the length settings stored in the tokenizer file: "
-                f"{tokenizer.ignored_settings}")  # fmt: skip
-    tok_config = TokenizeConfig(max_length=d.max_length, max_prompt_length=d.max_prompt_length,
-                                buckets=(d.max_length,))  # fmt: skip
-    tok_report = ReadReport()
-
-    def pipeline(recs, batch_size, seed, shuffle=True, epochs=None):
-        return preference_pipeline(recs, batch_size=batch_size, tokenizer=tokenizer,
-                                   config=tok_config, seed=seed, shuffle=shuffle,
-                                   num_epochs=epochs, on_error=d.on_error, report=tok_report,
-                                   shard_index=0, shard_count=1)  # fmt: skip
-
+    if data.tokenizer.ignored_settings:
+        run.log(
+            f"ignoring the length settings in the tokenizer file: {data.tokenizer.ignored_settings}"
+        )
     if config.run_sft:
         run.log(f"SFT on the chosen completions: {config.sft.steps} steps")
-        sft_iter = lm.ChosenRows(iter(pipeline(train_records, config.sft.batch_size, 1)))
+        sft_iter = lm.ChosenRows(iter(data.batches(data.train_records, config.sft.batch_size, 1)))
         with run.phase("sft"):
-            model_def, ref_params, sft_result = run_sft(config, model, sft_iter,
-                                                        run.path / "sft", mesh, rules)  # fmt: skip
-        kit.require_completed(sft_result, "SFT", run.path)
+            model_def, ref_params, result = run_sft(
+                config, model, sft_iter, run.path / "sft", mesh, rules
+            )
+        kit.require_completed(result, "SFT", run.path)
     else:
         from jaxpref.train import split_model
 
         model_def, ref_params = split_model(model)
     ref_params = jax.device_get(ref_params)
-    eval_batch = next(iter(pipeline(eval_records, len(eval_records), 0, False, 1)))
-    evaluator = lm.HeldOutEvaluator(model_def, ref_params, config.loss.beta, eval_batch,
-                                    tokenizer, max_new_tokens=d.max_new_tokens,
-                                    seed=config.loop.seed)  # fmt: skip
-    run.log(f"{config.loss.name} (beta={config.loss.beta}) on {len(train_records)} pairs of "
-            f"{d.path} for {config.loop.steps} steps")  # fmt: skip
-    batches = iter(pipeline(train_records, config.batch_size, config.loop.seed))
-    inputs = {"reference_fingerprint": params_fingerprint(ref_params),
-              "data_sha256": kit.file_sha256(d.path),
-              "data": json.dumps(config_to_dict(d), sort_keys=True)}  # fmt: skip
-    summary, _, trains, evals = train_and_summarise(
-        config, model_def, ref_params, batches, run, evaluator,
-        inputs=inputs, mesh=mesh, rules=rules,
-    )  # fmt: skip
-    skipped = {**read_report.skipped, **tok_report.skipped}
-    if skipped:
-        run.log("skipped records: " + ", ".join(f"{n} {why}" for why, n in skipped.items()))
-    results = {
-        **summary,
-        "data": {
-            "path": d.path,
-            "records": read_report.num_records,
-            "skipped": dict(read_report.skipped),
-            "train_pairs": len(train_records),
-            "eval_pairs": len(eval_records),
-            "tokenizer_skipped": dict(tok_report.skipped),
-            "truncated": int(tok_report.num_truncated),
-        },
+    evaluator = lm.HeldOutEvaluator(
+        model_def,
+        ref_params,
+        config.loss.beta,
+        data.eval_batch(),
+        data.tokenizer,
+        max_new_tokens=config.data.max_new_tokens,
+        seed=config.loop.seed,
+    )
+    run.log(
+        f"{config.loss.name} (beta={config.loss.beta}) on {len(data.train_records)} pairs of "
+        f"{config.data.path} for {config.loop.steps} steps"
+    )
+    batches = iter(data.batches(data.train_records, config.batch_size, config.loop.seed))
+    inputs = {
+        "reference_fingerprint": params_fingerprint(ref_params),
+        "data_sha256": kit.file_sha256(config.data.path),
+        "data": json.dumps(config_to_dict(config.data), sort_keys=True),
     }
+    summary, _, trains, evals = train_and_summarise(
+        config,
+        model_def,
+        ref_params,
+        batches,
+        run,
+        evaluator,
+        inputs=inputs,
+        mesh=mesh,
+        rules=rules,
+    )
+    if data.skipped:
+        run.log("skipped records: " + ", ".join(f"{n} {why}" for why, n in data.skipped.items()))
+    results = {**summary, "data": data.summary()}
     _plot_curves(run.path, trains, evals, results)
     return results
 
@@ -561,16 +570,28 @@ def _plot_curves(out: pathlib.Path, trains, evals, results) -> None:
     exact = results.get("exact", {})
     gold = ()
     if exact:
-        gold = ((results["gold_reward_ref"], "reference", "gray"),
-                (exact["gold_reward_optimum"], "exact optimum", "green"))  # fmt: skip
-    kit.plot_panels(out / "training_curves.png", [
-        panel("SFT loss", sft, "loss", "nats/token"),
-        panel("DPO loss", trains, "loss", "loss"),
-        panel("reward accuracy (train batch)", trains, "rewards/accuracies", "fraction"),
-        panel("reward margin (train batch)", trains, "rewards/margins", "beta log-ratio (nats)"),
-        panel("gold reward of samples (held out)", evals, "gold_reward_policy", "gold reward",
-              gold),
-    ])  # fmt: skip
+        gold = (
+            (results["gold_reward_ref"], "reference", "gray"),
+            (exact["gold_reward_optimum"], "exact optimum", "green"),
+        )
+    kit.plot_panels(
+        out / "training_curves.png",
+        [
+            panel("SFT loss", sft, "loss", "nats/token"),
+            panel("DPO loss", trains, "loss", "loss"),
+            panel("reward accuracy (train batch)", trains, "rewards/accuracies", "fraction"),
+            panel(
+                "reward margin (train batch)", trains, "rewards/margins", "beta log-ratio (nats)"
+            ),
+            panel(
+                "gold reward of samples (held out)",
+                evals,
+                "gold_reward_policy",
+                "gold reward",
+                gold,
+            ),
+        ],
+    )
     if not evals:
         return
     plt = kit.pyplot()
@@ -592,34 +613,48 @@ def _markdown(config: Config, out: pathlib.Path, r: dict) -> kit.Markdown:
     f = kit.fmt
     md = kit.Markdown(f"DPO experiment: {r['loss_name']}")
     start = r["implicit_reward_start_step"]
-    md.table(["metric", "value"], [
-        ("loss", r["loss_name"]), ("beta", r["beta"]), ("DPO steps", r["steps"]),
-        ("gold reward, reference samples", r["gold_reward_ref"]),
-        ("gold reward, policy samples", r["gold_reward_policy"]),
-        ("gold-reward gap to the exact optimum closed", r.get("gold_gap_closed")),
-        ("gold win rate of policy vs reference", r["win_rate_vs_ref"]),
-        ("KL(policy || reference), sampled", r["kl_to_ref"]),
-        (f"implicit reward chosen (step {start} -> end)",
-         f"{f(r['implicit_reward_chosen_start'])} -> {f(r['implicit_reward_chosen_end'])}"),
-        (f"implicit reward rejected (step {start} -> end)",
-         f"{f(r['implicit_reward_rejected_start'])} -> {f(r['implicit_reward_rejected_end'])}"),
-        ("implicit reward accuracy (held-out pairs)", r["implicit_reward_accuracy"]),
-        ("token credit Spearman", r["token_credit_spearman"]),
-        ("training tokens/s (median)", r["tokens_per_s"]),
-        ("final parameters (sha256)", f"`{r['final_params_fingerprint'][:16]}...`"),
-    ])  # fmt: skip
+    md.table(
+        ["metric", "value"],
+        [
+            ("loss", r["loss_name"]),
+            ("beta", r["beta"]),
+            ("DPO steps", r["steps"]),
+            ("gold reward, reference samples", r["gold_reward_ref"]),
+            ("gold reward, policy samples", r["gold_reward_policy"]),
+            ("gold-reward gap to the exact optimum closed", r.get("gold_gap_closed")),
+            ("gold win rate of policy vs reference", r["win_rate_vs_ref"]),
+            ("KL(policy || reference), sampled", r["kl_to_ref"]),
+            (
+                f"implicit reward chosen (step {start} -> end)",
+                f"{f(r['implicit_reward_chosen_start'])} -> {f(r['implicit_reward_chosen_end'])}",
+            ),
+            (
+                f"implicit reward rejected (step {start} -> end)",
+                f"{f(r['implicit_reward_rejected_start'])} -> "
+                f"{f(r['implicit_reward_rejected_end'])}",
+            ),
+            ("implicit reward accuracy (held-out pairs)", r["implicit_reward_accuracy"]),
+            ("token credit Spearman", r["token_credit_spearman"]),
+            ("training tokens/s (median)", r["tokens_per_s"]),
+            ("final parameters (sha256)", f"`{r['final_params_fingerprint'][:16]}...`"),
+        ],
+    )
     if "compare" in r:
         c = r["compare"]
-        md.paragraph(f"**Comparison on the same pairs and reference:** {r['loss_name']} closes "
-                     f"{f(r['gold_gap_closed'])} of the gold-reward gap (win rate "
-                     f"{f(r['win_rate_vs_ref'])}, KL {f(r['kl_to_ref'])}); {c['loss_name']} "
-                     f"closes {f(c['gold_gap_closed'])} (win rate {f(c['win_rate_vs_ref'])}, KL "
-                     f"{f(c['kl_to_ref'])}).")  # fmt: skip
+        md.paragraph(
+            f"**Comparison on the same pairs and reference:** {r['loss_name']} closes "
+            f"{f(r['gold_gap_closed'])} of the gold-reward gap (win rate "
+            f"{f(r['win_rate_vs_ref'])}, KL {f(r['kl_to_ref'])}); {c['loss_name']} "
+            f"closes {f(c['gold_gap_closed'])} (win rate {f(c['win_rate_vs_ref'])}, KL "
+            f"{f(c['kl_to_ref'])})."
+        )
     if "data" in r:
         data = r["data"]
-        md.paragraph(f"Data: {data['records']} records of `{data['path']}`, "
-                     f"{data['train_pairs']} training / {data['eval_pairs']} held-out pairs, "
-                     f"{data['truncated']} truncated to --data.max-length.")  # fmt: skip
+        md.paragraph(
+            f"Data: {data['records']} records of `{data['path']}`, "
+            f"{data['train_pairs']} training / {data['eval_pairs']} held-out pairs, "
+            f"{data['truncated']} truncated to --data.max-length."
+        )
         skipped = {**data["skipped"], **data["tokenizer_skipped"]}
         if skipped:
             md.table(["skipped records: reason", "count"], sorted(skipped.items()))
@@ -627,19 +662,30 @@ def _markdown(config: Config, out: pathlib.Path, r: dict) -> kit.Markdown:
     if exact:
         fit = r["reference_fit"]
         md.heading("Exact reference points (token task)")
-        md.table(["quantity", "value"], [
-            ("expected gold reward of the task's true reference chain",
-             exact["gold_reward_true_ref"]),
-            (f"expected gold reward of the KL-regularised optimum (beta={r['beta']})",
-             exact["gold_reward_optimum"]),
-            ("KL(optimum || true reference)", exact["kl_optimum_to_true_ref"]),
-            ("implicit reward of held-out chosen / rejected at the optimum",
-             f"{f(exact['implicit_reward_chosen_optimum'])} / "
-             f"{f(exact['implicit_reward_rejected_optimum'])}"),
-            ("token credit Spearman at the optimum", exact["token_credit_spearman_optimum"]),
-            ("NLL per token of fresh reference-language text: SFT model / true chain",
-             f"{f(fit['nll_per_token_sft'])} / {f(fit['nll_per_token_true_chain'])}"),
-        ])  # fmt: skip
+        md.table(
+            ["quantity", "value"],
+            [
+                (
+                    "expected gold reward of the task's true reference chain",
+                    exact["gold_reward_true_ref"],
+                ),
+                (
+                    f"expected gold reward of the KL-regularised optimum (beta={r['beta']})",
+                    exact["gold_reward_optimum"],
+                ),
+                ("KL(optimum || true reference)", exact["kl_optimum_to_true_ref"]),
+                (
+                    "implicit reward of held-out chosen / rejected at the optimum",
+                    f"{f(exact['implicit_reward_chosen_optimum'])} / "
+                    f"{f(exact['implicit_reward_rejected_optimum'])}",
+                ),
+                ("token credit Spearman at the optimum", exact["token_credit_spearman_optimum"]),
+                (
+                    "NLL per token of fresh reference-language text: SFT model / true chain",
+                    f"{f(fit['nll_per_token_sft'])} / {f(fit['nll_per_token_true_chain'])}",
+                ),
+            ],
+        )
         md.paragraph("Acceptance: " + ", ".join(f"{k}: {f(v)}" for k, v in r["acceptance"].items()))
         md.heading("Why the chosen reward goes down")
         md.paragraph(
@@ -658,9 +704,11 @@ def _markdown(config: Config, out: pathlib.Path, r: dict) -> kit.Markdown:
     md.image("training_curves.png", "training curves")
     md.image("implicit_rewards.png", "implicit rewards")
     if exact:
-        md.paragraph("Per-token implicit rewards of a few held-out pairs next to the gold "
-                     "per-token credit (implicit rewards at the optimum are the credit plus a "
-                     "potential-based shaping term `V*_{t+1}(y_t) - V*_t(y_{t-1})`):")  # fmt: skip
+        md.paragraph(
+            "Per-token implicit rewards of a few held-out pairs next to the gold "
+            "per-token credit (implicit rewards at the optimum are the credit plus a "
+            "potential-based shaping term `V*_{t+1}(y_t) - V*_t(y_{t-1})`):"
+        )
         md.image("token_credit.png", "token credit")
     md.paragraph(f"Configuration: `{out / 'config.json'}`.")
     return md

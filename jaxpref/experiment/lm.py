@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +39,8 @@ __all__ = [
     "EpochIterator",
     "HeldOutEvaluator",
     "ModelSpec",
+    "PreferenceFile",
+    "PreferenceFileSpec",
     "TokenTaskData",
     "TokenTaskEvaluator",
     "TokenTaskSpec",
@@ -657,3 +659,129 @@ def plot_token_credit(path, eval_pairs, token_rewards, num_pairs: int = 4) -> No
         ax.set_title(title, fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.03, label="nats")
     save_figure(fig, path)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreferenceFileSpec:
+    """A real preference file and how to tokenize it.
+
+    Args:
+      path: JSONL (plain, .gz, .bz2 or .xz) or Parquet preference file (explicit
+        prompt/chosen/rejected, HH-RLHF, or conversational layouts).
+      tokenizer: `tokenizer.json` of the model; default `<model.hf_path>/tokenizer.json`.
+      bos_token: beginning-of-sequence token of the tokenizer, if the model uses one.
+      eos_token: end-of-sequence token appended to completions and ending generation.
+      pad_token: padding token (default: the eos token).
+      max_length: tokens per row (prompt + completion); longer records are truncated (counted).
+      max_prompt_length: most prompt tokens (default `max_length // 2`).
+      eval_pairs: records held out (after a seeded shuffle) for evaluation.
+      max_new_tokens: completion length sampled for the KL estimate.
+      on_error: "raise" stops at the first malformed record (file, line, reason); "skip" skips
+        malformed records and counts them by reason in the report.
+    """
+
+    path: str | None = None
+    tokenizer: str | None = None
+    bos_token: str | None = None
+    eos_token: str | None = None
+    pad_token: str | None = None
+    max_length: int = 256
+    max_prompt_length: int | None = None
+    eval_pairs: int = 64
+    max_new_tokens: int = 32
+    on_error: Literal["raise", "skip"] = "raise"
+
+
+class PreferenceFile:
+    """A preference file read, split into training and held-out records, and tokenized.
+
+    Reading checks everything before a run writes anything: the file's records (a malformed
+    one under `on_error="raise"` becomes an `InputError` naming file, line, reason and the flag
+    that skips it), and enough records for the held-out split and one training batch.
+
+    Args:
+      spec: the file and its tokenization.
+      tokenizer: the `jaxpref.data` tokenizer.
+      seed: seed of the train / held-out split.
+      batch_size: pairs per training batch (at least that many training records are needed).
+
+    Attributes:
+      train_records: records of the training split.
+      eval_records: the `spec.eval_pairs` held-out records.
+      read_report: the `ReadReport` of reading the file.
+      token_report: the `ReadReport` of tokenization (records skipped or truncated).
+    """
+
+    def __init__(self, spec: PreferenceFileSpec, tokenizer, *, seed: int, batch_size: int):
+        from jaxpref.data import DataError, ReadReport, TokenizeConfig, read_preferences
+        from jaxpref.experiment._errors import InputError
+
+        self.spec, self.tokenizer = spec, tokenizer
+        try:
+            records, self.read_report = read_preferences(spec.path, on_error=spec.on_error)
+        except DataError as err:
+            hint = (
+                ""
+                if err.reason == "malformed_file"
+                else " (pass --data.on-error skip to skip such records; they are counted)"
+            )
+            raise InputError(f"--data.path {err}{hint}") from None
+        if len(records) <= spec.eval_pairs:
+            raise InputError(
+                f"--data.path {spec.path}: {len(records)} usable records, not more than "
+                f"--data.eval-pairs {spec.eval_pairs}."
+            )
+        order = np.random.default_rng(seed).permutation(len(records))
+        self.eval_records = [records[i] for i in order[: spec.eval_pairs]]
+        self.train_records = [records[i] for i in order[spec.eval_pairs :]]
+        if len(self.train_records) < batch_size:
+            raise InputError(
+                f"--data.path {spec.path}: {len(self.train_records)} training records, fewer "
+                f"than --batch-size {batch_size}."
+            )
+        self.token_report = ReadReport()
+        self._tokenize = TokenizeConfig(
+            max_length=spec.max_length,
+            max_prompt_length=spec.max_prompt_length,
+            buckets=(spec.max_length,),
+        )
+
+    def batches(self, records, batch_size: int, seed: int, *, shuffle=True, epochs=None):
+        """A resumable `jaxpref.data.preference_pipeline` over `records` (`[2B, T]` batches)."""
+        from jaxpref.data import preference_pipeline
+
+        return preference_pipeline(
+            records,
+            batch_size=batch_size,
+            tokenizer=self.tokenizer,
+            config=self._tokenize,
+            seed=seed,
+            shuffle=shuffle,
+            num_epochs=epochs,
+            on_error=self.spec.on_error,
+            report=self.token_report,
+            shard_index=0,
+            shard_count=1,
+        )
+
+    def eval_batch(self):
+        """All held-out pairs as one batch, in file order."""
+        it = self.batches(self.eval_records, len(self.eval_records), 0, shuffle=False, epochs=1)
+        return next(iter(it))
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Records skipped so far, by reason (reading and tokenization)."""
+        return {**self.read_report.skipped, **self.token_report.skipped}
+
+    def summary(self) -> dict[str, Any]:
+        """The data section of a report: records, split sizes, skips by reason, truncations."""
+        return {
+            "path": self.spec.path,
+            "records": self.read_report.num_records,
+            "skipped": dict(self.read_report.skipped),
+            "train_pairs": len(self.train_records),
+            "eval_pairs": len(self.eval_records),
+            "tokenizer_skipped": dict(self.token_report.skipped),
+            "truncated": int(self.token_report.num_truncated),
+        }
