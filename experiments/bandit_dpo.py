@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import jaxpref.losses as jl
@@ -196,6 +197,12 @@ def run_loss(config: Config, loss_name: str, bandit, pairs) -> dict:
         "implicit_reward_rejected_end": mean(metrics.reward_rejected[:, -1]),
         "wall_s_including_compile": seconds,
         "per_seed": {k: [float(v) for v in x] for k, x in per_seed.items()},
+        "kl_from_optimum_curve": {
+            "mean": [float(v) for v in jnp.mean(metrics.kl_from_optimum, axis=0)],
+            "std": [float(v) for v in jnp.std(metrics.kl_from_optimum, axis=0, ddof=1)]
+            if config.seeds > 1
+            else [0.0] * config.optim.steps,
+        },
     }
 
 
@@ -268,7 +275,27 @@ def main(config: Config) -> kit.Report:
         "bound, the failure mode IPO addresses). r chosen / r rejected are the mean implicit "
         "rewards of the training pairs at the end."
     )
+    _plot_distance_to_optimum(run.path / "kl_to_optimum.png", rows)
+    md.image("kl_to_optimum.png", "KL from the closed-form optimum along training")
     return run.finish({"losses": rows}, md)
+
+
+def _plot_distance_to_optimum(path, rows) -> None:
+    """One line per loss: KL(pi* || pi) along training, mean ± std over seeds."""
+    plt = kit.pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    for row in rows:
+        mean = np.asarray(row["kl_from_optimum_curve"]["mean"])
+        std = np.asarray(row["kl_from_optimum_curve"]["std"])
+        steps = np.arange(1, mean.size + 1)
+        (line,) = ax.plot(steps, mean, label=row["loss_name"])
+        ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    ax.axhline(rows[0]["kl_from_optimum_start"], color="gray", ls=":", label="reference policy")
+    ax.set_xlabel("Adam step")
+    ax.set_ylabel("KL(pi* || pi) (nats)")
+    ax.set_title("distance to the closed-form DPO optimum (mean ± std over seeds)", fontsize=9)
+    ax.legend(fontsize=7)
+    kit.save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ def test_bandit_experiment_improves_on_reference(tmp_path):
     assert saved["schema_version"] == 1 and saved["experiment"] == "bandit_dpo"
     assert (tmp_path / "report.md").exists()
     assert "± " in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "kl_to_optimum.png").stat().st_size > 0
     sigmoid = report.results["losses"][0]
     assert sigmoid["loss_name"] == "sigmoid"
     assert sigmoid["gold_reward_policy"] > sigmoid["gold_reward_ref"]
