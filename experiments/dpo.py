@@ -315,7 +315,10 @@ def main(config: Config) -> kit.Report:
     """Runs (or resumes) the experiment; writes and returns the report."""
     _validate(config)
     real = None if config.synthetic else _load_real(config)
-    run = kit.open_run_dir(config.out, config, experiment="dpo", force=config.force)
+    # A comparison stage can be added to (or dropped from) an existing run: it has its own
+    # stage directory and input guard.
+    ignore = ("out", "force", "logging", "compare")
+    run = kit.open_run_dir(config.out, config, experiment="dpo", ignore=ignore, force=config.force)
     run.log(f"run directory: {run.path.resolve()}")
     if real is None:
         results = _main_synthetic(config, run)
@@ -424,7 +427,6 @@ def _main_synthetic(config: Config, run: kit.RunDir) -> dict:
             ref_params,
             batches(),
             run,
-            {},
             evaluator,
             inputs=inputs,
             stage=f"compare_{config.compare}",

@@ -630,3 +630,19 @@ def test_bad_record_of_a_compressed_hh_file_raise_and_skip(real_fixtures, tmp_pa
     assert report["data"]["records"] == 40 and report["data"]["train_pairs"] == 32
     md = (tmp_path / "skip" / "report.md").read_text()
     assert "skipped records: reason" in md
+
+
+def test_compare_trains_a_second_loss_on_the_same_pairs(tiny_run):
+    out, report = tiny_run
+    again = run(tiny(out, compare="ipo"))  # added to the finished run: the main stage resumes
+    assert again["final_params_fingerprint"] == report["final_params_fingerprint"]
+    other = again["compare"]
+    assert other["loss_name"] == "ipo" and other["beta"] == report["beta"]
+    assert other["reference_params_fingerprint"] == report["reference_params_fingerprint"]
+    assert other["final_params_fingerprint"] != report["final_params_fingerprint"]
+    gap = report["exact"]["gold_reward_optimum"] - report["gold_reward_ref"]
+    expected = (other["gold_reward_policy"] - other["gold_reward_ref"]) / gap
+    assert other["gold_gap_closed"] == pytest.approx(expected, rel=1e-6)
+    assert (out / "compare_ipo" / "metrics.jsonl").exists()
+    md = (out / "report.md").read_text()
+    assert "Comparison on the same pairs and reference" in md and "ipo closes" in md
