@@ -83,6 +83,13 @@ def soft_optimal_solution(
 def policy_return(mdp: TabularMDP, policy_logits):
     """Exact expected discounted return `mu_0 . (I - gamma P_pi)^{-1} r_pi` of a policy.
 
+    Args:
+      mdp: the task.
+      policy_logits: `[S, A]` logits of a stationary policy.
+
+    Returns:
+      Scalar float32: the expected discounted return from `mdp.initial_distribution`.
+
     Example:
       >>> import jax.numpy as jnp
       >>> m = TabularMDP(jnp.ones((1, 2)), jnp.ones((1, 2, 1)), jnp.ones(1), jnp.asarray(0.5))

@@ -103,6 +103,16 @@ def make_linear_bandit(
 ) -> LinearBandit:
     """Gaussian features `N(0, 1)` and `theta` uniform on the sphere of radius `theta_norm`.
 
+    Args:
+      key: PRNG key.
+      num_contexts: number of contexts `X` (static).
+      num_actions: number of actions `A` per context (static).
+      dim: feature dimension `d` (static).
+      theta_norm: Euclidean norm of `theta`.
+
+    Returns:
+      `LinearBandit` with `features` `[X, A, d]` and `theta` `[d]`.
+
     Example:
       >>> import jax
       >>> b = make_linear_bandit(jax.random.key(0), num_contexts=3, num_actions=4, dim=2)
@@ -151,6 +161,26 @@ def make_multitask_linear_bandit(
 ) -> MultitaskLinearBandit:
     """Shared Gaussian features, an orthonormal `[d, k]` representation, Gaussian unit heads.
 
+    Features `phi(x, a) ~ N(0, I_d)` are shared by every task; the representation `B` is the Q
+    factor of a Gaussian `[d, k]` matrix (orthonormal columns); each head `w_m` is uniform on the
+    unit sphere of `R^k`. Task `m` has the unit-norm parameter `theta_m = B w_m` and reward
+    `<phi(x, a), theta_m>` (`multitask_rewards`).
+
+    Args:
+      key: PRNG key.
+      num_tasks: number of tasks `M` (static).
+      num_contexts: number of contexts `X` (static).
+      num_actions: number of actions `A` per context (static).
+      dim: feature dimension `d` (static).
+      rank: rank `k` of the shared representation, `1 <= k <= d` (static).
+
+    Returns:
+      `MultitaskLinearBandit` with `features` `[X, A, d]`, `representation` `[d, k]` and
+      `heads` `[M, k]`.
+
+    Raises:
+      ValueError: if `rank` is not in `[1, dim]`.
+
     Example:
       >>> import jax
       >>> m = make_multitask_linear_bandit(jax.random.key(0), num_tasks=3, dim=5, rank=2)
@@ -173,6 +203,12 @@ def make_multitask_linear_bandit(
 def multitask_rewards(bandit: MultitaskLinearBandit):
     """`[M, X, A]` rewards `<phi(x, a), B w_m>` of every task.
 
+    Args:
+      bandit: the multitask bandit.
+
+    Returns:
+      `[M, X, A]` float32 rewards; `[m]` is the reward table of task `m`.
+
     Example:
       >>> import jax.numpy as jnp
       >>> m = MultitaskLinearBandit(jnp.ones((1, 1, 2)), jnp.eye(2), jnp.array([[1.0, 2.0]]))
@@ -193,9 +229,22 @@ def make_linear_mdp(
     discount: float = 0.9,
     temperature: float = 1.0,
 ) -> LinearMDP:
-    """Simplex features `phi(s, a) = softmax(z / temperature)` and measures
-    `mu_i = softmax(z' / temperature)` from Gaussian `z, z'`, `theta = tanh(N(0, I))`, uniform
-    start (so rewards lie in `(-1, 1)`).
+    """A random linear MDP with simplex features, rewards in `(-1, 1)` and a uniform start.
+
+    Features `phi(s, a) = softmax(z / temperature)` and measures `mu_i = softmax(z' / temperature)`
+    from Gaussian `z, z'`, and `theta = tanh(N(0, I))` (so rewards lie in `(-1, 1)`).
+
+    Args:
+      key: PRNG key.
+      num_states: number of states `S` (static).
+      num_actions: number of actions `A` (static).
+      dim: feature dimension `d` (static).
+      discount: discount stored in the MDP.
+      temperature: softmax temperature of features and measures (smaller = peakier).
+
+    Returns:
+      `LinearMDP` with `features` `[S, A, d]`, `mu` `[d, S]`, `theta` `[d]`,
+      `initial_distribution` `[S]` and a scalar `discount`.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -220,6 +269,13 @@ def make_linear_mdp(
 def linear_mdp_to_tabular(mdp: LinearMDP) -> TabularMDP:
     """The tabular form: `reward = phi theta` `[S, A]`, `transitions = phi mu` `[S, A, S]`.
 
+    Args:
+      mdp: the linear MDP.
+
+    Returns:
+      `TabularMDP` with `reward` `[S, A]`, `transitions` `[S, A, S]`, and the initial
+      distribution and discount of `mdp`.
+
     Example:
       >>> import jax.numpy as jnp
       >>> m = LinearMDP(jnp.ones((1, 1, 1)), jnp.ones((1, 1)), jnp.array([0.5]), jnp.ones(1),
@@ -238,6 +294,15 @@ def linear_mdp_to_tabular(mdp: LinearMDP) -> TabularMDP:
 @jax.jit
 def trajectory_features(mdp: LinearMDP, states, actions, *, discount: float = 1.0):
     """`[N, d]` trajectory features `sum_h gamma^h phi(s_h, a_h)`.
+
+    Args:
+      mdp: the linear MDP.
+      states: `[N, H]` int states.
+      actions: `[N, H]` int actions.
+      discount: `gamma`.
+
+    Returns:
+      `[N, d]` float32 features.
 
     Example:
       >>> import jax.numpy as jnp

@@ -121,6 +121,15 @@ def token_gold_credit(task: TokenTask, prev, completion):
 def sequence_logprobs_markov(policy_logits, prev, completion):
     """Per-token log-probs `[N, L]` of completions under a Markov policy.
 
+    Args:
+      policy_logits: `[V, V]` stationary or `[T, V, V]` time-dependent (`T >= L`) logits, rows
+        indexed by the previous token.
+      prev: `[N]` int last prompt token (the state before the first completion token).
+      completion: `[N, L]` int completion tokens.
+
+    Returns:
+      `[N, L]` float32 log-probs `log pi_t(y_t | y_{t-1})`; `sum(-1)` is the sequence log-prob.
+
     Example:
       >>> import jax.numpy as jnp
       >>> lp = sequence_logprobs_markov(jnp.zeros((2, 2)), jnp.array([0]), jnp.array([[1, 0]]))
@@ -154,6 +163,14 @@ def _backward(task: TokenTask, beta: float, length: int):
 def token_optimal_policy_logits(task: TokenTask, *, beta: float, length: int):
     """Logits `[L, V, V]` of the KL-regularised optimal policy `pi*_t(tok | prev)`.
 
+    Args:
+      task: the task.
+      beta: KL coefficient (> 0).
+      length: completion length `L` (static).
+
+    Returns:
+      `[L, V, V]` log-normalised logits; `[t, prev]` is `log pi*_t(. | prev)`.
+
     Example:
       >>> import jax.numpy as jnp
       >>> t = TokenTask(jnp.zeros(2), jnp.zeros((2, 2)), jnp.array([[0.0, 1.0], [0.0, 1.0]]))
@@ -168,6 +185,15 @@ def token_optimal_policy_logits(task: TokenTask, *, beta: float, length: int):
 @functools.partial(jax.jit, static_argnames=("length",))
 def token_optimal_values(task: TokenTask, *, beta: float, length: int):
     """Soft optimal values `[L, V]`: `V_t(prev)`; `V_0(s) = max_pi E[R] - beta KL(pi||pi_ref)`.
+
+    Args:
+      task: the task.
+      beta: KL coefficient (> 0).
+      length: completion length `L` (static).
+
+    Returns:
+      `[L, V]` float32 values; `[t, s]` is the optimal value of the remaining `L - t` tokens
+      after previous token `s`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -197,6 +223,16 @@ def token_expected_reward(policy_logits, task: TokenTask, prev, length: int):
 
     .. math:: \\mathbb E_\\pi[R] = \\sum_t \\sum_s d_t(s) \\sum_a \\pi_t(a|s)\\, r(s, a)
 
+    Args:
+      policy_logits: `[V, V]` stationary or `[L, V, V]` time-dependent logits, rows indexed by
+        the previous token.
+      task: the task.
+      prev: `[N]` int previous (last prompt) tokens.
+      length: completion length `L` (static).
+
+    Returns:
+      `[N]` float32 expected gold rewards.
+
     Example:
       >>> import jax.numpy as jnp
       >>> t = TokenTask(jnp.zeros(2), jnp.zeros((2, 2)), jnp.array([[0.0, 1.0], [0.0, 1.0]]))
@@ -211,6 +247,16 @@ def token_expected_reward(policy_logits, task: TokenTask, prev, length: int):
 @functools.partial(jax.jit, static_argnames=("length",))
 def token_kl_to_reference(policy_logits, task: TokenTask, prev, length: int):
     """Exact `KL(pi || pi_ref)` `[N]` over length-`L` completions from each previous token.
+
+    Args:
+      policy_logits: `[V, V]` stationary or `[L, V, V]` time-dependent logits, rows indexed by
+        the previous token.
+      task: the task (its `ref_logits` are `pi_ref`).
+      prev: `[N]` int previous (last prompt) tokens.
+      length: completion length `L` (static).
+
+    Returns:
+      `[N]` float32 sequence-level KL divergences (nats).
 
     Example:
       >>> import jax.numpy as jnp

@@ -48,6 +48,10 @@ class PreferenceModel(enum.Enum):
     reward `r(s, a)`. A config holding the name builds the member with `PreferenceModel(name)`
     (`"regret"` or `"reward"`).
 
+    Attributes:
+      REGRET: score each step by the optimal advantage `A*(s, a)` at temperature `alpha`.
+      REWARD: score each step by the reward `r(s, a)`.
+
     Example:
       >>> print(PreferenceModel("reward") is PreferenceModel.REWARD)
       True

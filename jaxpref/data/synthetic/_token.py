@@ -82,7 +82,16 @@ class MarkovSampler(NamedTuple):
     policy_logits: jax.Array
 
     def __call__(self, key, prev, length: int):
-        """Samples `[N, length]` completions continuing the tokens `prev [N]`."""
+        """Samples `[N, length]` completions continuing the tokens `prev [N]`.
+
+        Args:
+          key: PRNG key.
+          prev: `[N]` int previous tokens (the last prompt token of each row).
+          length: completion length `L` (static); a time-dependent policy must cover it.
+
+        Returns:
+          `[N, L]` int32 completion tokens.
+        """
         logits = jnp.asarray(self.policy_logits)
         if logits.ndim == 3 and logits.shape[0] < length:
             raise ValueError(
@@ -113,6 +122,18 @@ def markov_sampler(policy_logits) -> MarkovSampler:
 @functools.partial(jax.jit, static_argnames=("num", "length"))
 def sample_prompts(key, task: TokenTask, num: int, length: int):
     """Samples `[num, length]` sequences of the reference language (prompts, or an SFT corpus).
+
+    The first token is drawn from `softmax(task.init_logits)`, every next one from the reference
+    chain `softmax(task.ref_logits[prev])`.
+
+    Args:
+      key: PRNG key.
+      task: the token task.
+      num: number of sequences `N` (static).
+      length: tokens per sequence `L` (static).
+
+    Returns:
+      `[N, L]` int32 tokens.
 
     Example:
       >>> import jax
