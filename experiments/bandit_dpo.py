@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 import jaxpref.losses as jl
+from jaxpref import envs
 from jaxpref import experiment as kit
 from jaxpref.data import synthetic
 
@@ -113,7 +114,7 @@ def make_train(config: Config, loss_name: str, bandit, pairs):
     beta = config.beta
     ref_logits = bandit.ref_logits
     ref_logp = jax.nn.log_softmax(ref_logits, axis=-1)
-    target = synthetic.optimal_policy_logits(bandit, beta=beta)
+    target = envs.optimal_policy_logits(bandit, beta=beta)
     optimizer = optax.adam(config.optim.learning_rate)
     n = pairs.prompt.shape[0]
     batch = config.optim.batch_size
@@ -138,9 +139,9 @@ def make_train(config: Config, loss_name: str, bandit, pairs):
             loss=loss,
             reward_chosen=jnp.mean(r_c),
             reward_rejected=jnp.mean(r_r),
-            gold_reward=synthetic.expected_reward(logits, bandit),
-            kl_to_ref=synthetic.kl_to_reference(logits, ref_logits),
-            kl_from_optimum=synthetic.kl_to_reference(target, logits),
+            gold_reward=envs.expected_reward(logits, bandit),
+            kl_to_ref=envs.kl_to_reference(logits, ref_logits),
+            kl_from_optimum=envs.kl_to_reference(target, logits),
         )
         return (logits, opt_state), metrics
 
@@ -159,11 +160,11 @@ def run_loss(config: Config, loss_name: str, bandit, pairs) -> dict:
     runs = kit.run_seeds(make_train(config, loss_name, bandit, pairs), keys)
     seconds = time.perf_counter() - t0
     logits, metrics = runs.per_seed
-    win = jax.vmap(lambda lg: synthetic.win_rate(lg, bandit))(logits)
+    win = jax.vmap(lambda lg: envs.win_rate(lg, bandit))(logits)
     ref_logp = jax.nn.log_softmax(bandit.ref_logits, axis=-1)
     _, _, _, _, r_c0, r_r0 = _implicit_rewards(bandit.ref_logits, ref_logp, pairs, config.beta)
-    target = synthetic.optimal_policy_logits(bandit, beta=config.beta)
-    kl_start = float(synthetic.kl_to_reference(target, bandit.ref_logits))
+    target = envs.optimal_policy_logits(bandit, beta=config.beta)
+    kl_start = float(envs.kl_to_reference(target, bandit.ref_logits))
 
     def mean(x):
         return float(jnp.mean(x))
@@ -180,9 +181,9 @@ def run_loss(config: Config, loss_name: str, bandit, pairs) -> dict:
         "steps": config.optim.steps,
         "seeds": config.seeds,
         "final_loss": mean(metrics.loss[:, -1]),
-        "gold_reward_ref": float(synthetic.expected_reward(bandit.ref_logits, bandit)),
+        "gold_reward_ref": float(envs.expected_reward(bandit.ref_logits, bandit)),
         "gold_reward_policy": mean(per_seed["gold_reward_policy"]),
-        "gold_reward_optimum": float(synthetic.expected_reward(target, bandit)),
+        "gold_reward_optimum": float(envs.expected_reward(target, bandit)),
         "win_rate_vs_ref": mean(win),
         "kl_to_ref": mean(per_seed["kl_to_ref"]),
         "kl_optimum_to_ref": kl_start,
@@ -227,7 +228,7 @@ def main(config: Config) -> kit.Report:
     run = kit.open_run_dir(config.out, config, experiment="bandit_dpo", force=config.force)
     task = config.task
     key_task, key_pairs = jax.random.split(jax.random.key(task.seed))
-    bandit = synthetic.make_preference_bandit(
+    bandit = envs.make_preference_bandit(
         key_task,
         num_prompts=task.num_prompts,
         num_responses=task.num_responses,

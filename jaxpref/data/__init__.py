@@ -16,8 +16,9 @@
   read back by `PreferenceSource` through `tfds.data_source`), a grain pipeline with seeded
   shuffling, per-process sharding and checkpointable iterator state (`preference_pipeline`), and
   a fingerprinted cache of reference log-probs stored with the dataset (`RefLogprobCache`).
-* `jaxpref.data.synthetic`: tasks with known ground truth (bandits, a token-level language task,
-  CPL control tasks, linear bandits and MDPs).
+* `jaxpref.data.synthetic`: preference data sampled from the `jaxpref.envs` testbeds, whose
+  ground truth is known (bandit pairs, token-task pairs with gold credit, CPL segment pairs,
+  trajectory preferences of linear MDPs).
 
 The tfds and grain parts are imported on first use, so `import jaxpref.data` stays light.
 """

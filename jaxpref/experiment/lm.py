@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpref import decode
+from jaxpref import decode, envs
 from jaxpref.data import synthetic
 from jaxpref.experiment._stats import spearman
 from jaxpref.losses import LossConfig
@@ -103,7 +103,7 @@ class TokenTaskData:
         t = spec
         self.spec, self.sft_batch_size = spec, sft_batch_size
         keys = jax.random.split(jax.random.key(t.seed), 6)
-        self.task = synthetic.make_token_task(
+        self.task = envs.make_token_task(
             keys[0],
             vocab_size=t.vocab_size,
             reward_scale=t.reward_scale,
@@ -277,7 +277,7 @@ class TokenTaskEvaluator:
 
     def _gold(self, completions) -> np.ndarray:
         prev = self.data.eval_prompts[:, -1]
-        return np.asarray(synthetic.token_gold_credit(self.data.task, prev, completions).sum(-1))
+        return np.asarray(envs.token_gold_credit(self.data.task, prev, completions).sum(-1))
 
     def token_implicit_rewards(self, params) -> np.ndarray:
         """`[2B, L]` per-token `beta (log pi - log pi_ref)` of held-out chosen then rejected."""
@@ -317,7 +317,7 @@ def reference_fit(data: TokenTaskData, model_def, ref_params, num: int = 512) ->
         ref_params, {"input_ids": ids, "attention_mask": ones, "loss_mask": ones}
     )
     model_nll = -float(np.sum(np.asarray(logps)) / np.sum(np.asarray(mask)))
-    true = synthetic.sequence_logprobs_markov(data.task.ref_logits, ids[:, 0], ids[:, 1:])
+    true = envs.sequence_logprobs_markov(data.task.ref_logits, ids[:, 0], ids[:, 1:])
     return {"nll_per_token_sft": model_nll, "nll_per_token_true_chain": -float(np.mean(true))}
 
 
@@ -331,14 +331,14 @@ def token_task_optimum(data: TokenTaskData, beta: float, eval_pairs) -> dict[str
     `token_implicit_optimum` (`[2N, L]` per-token implicit rewards, chosen then rejected).
     """
     task, length = data.task, data.length
-    star = synthetic.token_optimal_policy_logits(task, beta=beta, length=length)
+    star = envs.token_optimal_policy_logits(task, beta=beta, length=length)
     prev_eval = jnp.asarray(data.eval_prompts[:, -1])
-    v0 = np.asarray(synthetic.token_optimal_values(task, beta=beta, length=length))[0]
+    v0 = np.asarray(envs.token_optimal_values(task, beta=beta, length=length))[0]
     prev = eval_pairs["prompt"][:, -1]
 
     def implicit(y):
-        lp_star = synthetic.sequence_logprobs_markov(star, prev, y)
-        lp_ref = synthetic.sequence_logprobs_markov(task.ref_logits, prev, y)
+        lp_star = envs.sequence_logprobs_markov(star, prev, y)
+        lp_ref = envs.sequence_logprobs_markov(task.ref_logits, prev, y)
         return beta * np.asarray(lp_star - lp_ref)
 
     tok = np.concatenate([implicit(eval_pairs["chosen"]), implicit(eval_pairs["rejected"])], 0)
@@ -346,13 +346,13 @@ def token_task_optimum(data: TokenTaskData, beta: float, eval_pairs) -> dict[str
     n = eval_pairs["chosen"].shape[0]
     return {
         "gold_reward_true_ref": float(
-            synthetic.token_expected_reward(task.ref_logits, task, prev_eval, length).mean()
+            envs.token_expected_reward(task.ref_logits, task, prev_eval, length).mean()
         ),
         "gold_reward_optimum": float(
-            synthetic.token_expected_reward(star, task, prev_eval, length).mean()
+            envs.token_expected_reward(star, task, prev_eval, length).mean()
         ),
         "kl_optimum_to_true_ref": float(
-            synthetic.token_kl_to_reference(star, task, prev_eval, length).mean()
+            envs.token_kl_to_reference(star, task, prev_eval, length).mean()
         ),
         "soft_value_optimum": float(v0[np.asarray(prev)].mean()),
         "implicit_reward_chosen_optimum": float(tok[:n].sum(-1).mean()),

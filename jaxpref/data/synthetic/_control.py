@@ -1,10 +1,8 @@
 """Labelled behaviour segments of tabular control tasks, for Contrastive Preference Learning.
 
 Tasks are `jaxpref.envs.TabularMDP`s (`jaxpref.envs.gridworld`, `jaxpref.envs.random_mdp`, or
-`linear_mdp_to_tabular`). `soft_optimal_solution` runs maximum-entropy (soft) value iteration at
-temperature `alpha` (`jaxpref.bellman.soft_value_iteration`) and returns `Q*`, `V*`, the optimal
-policy and the optimal advantage `A*(s, a) = Q*(s, a) - V*(s) = alpha log pi*(a | s)`, the
-identity CPL builds on.
+`jaxpref.envs.linear_mdp_to_tabular`); their soft optimum (`jaxpref.envs.soft_optimal_solution`)
+gives the optimal advantage `A*(s, a) = alpha log pi*(a | s)`.
 
 `sample_segment_pairs` rolls out a behaviour policy from random start states and labels pairs of
 segments with a Bradley-Terry model on either
@@ -17,7 +15,7 @@ segments with a Bradley-Terry model on either
 References:
   Hejna et al., "Contrastive Preference Learning: Learning from Human Feedback without RL",
   arXiv 2310.13639; Knox et al., "Models of human preference for learning reward functions",
-  arXiv 2206.02231; Ziebart et al., "Maximum Entropy Inverse Reinforcement Learning", AAAI 2008.
+  arXiv 2206.02231.
 """
 
 from __future__ import annotations
@@ -30,23 +28,17 @@ import jax
 import jax.numpy as jnp
 
 from jaxpref._checks import check_interval
-from jaxpref.bellman import soft_value_iteration
 from jaxpref.data.synthetic._sampling import categorical_from_uniform
-from jaxpref.envs import TabularMDP
+from jaxpref.envs import SoftOptimal, TabularMDP, soft_optimal_solution
 
 __all__ = [
     "PreferenceModel",
     "SegmentPairs",
-    "SoftOptimal",
-    "policy_return",
     "rollout_from_uniform",
     "sample_segment_pairs",
     "sample_segments",
     "segment_scores",
-    "soft_optimal_solution",
 ]
-
-_HIGHEST = jax.lax.Precision.HIGHEST
 
 
 class PreferenceModel(enum.Enum):
@@ -56,6 +48,10 @@ class PreferenceModel(enum.Enum):
     reward `r(s, a)`. A config holding the name builds the member with `PreferenceModel(name)`
     (`"regret"` or `"reward"`).
 
+    Attributes:
+      REGRET: score each step by the optimal advantage `A*(s, a)` at temperature `alpha`.
+      REWARD: score each step by the reward `r(s, a)`.
+
     Example:
       >>> print(PreferenceModel("reward") is PreferenceModel.REWARD)
       True
@@ -63,22 +59,6 @@ class PreferenceModel(enum.Enum):
 
     REGRET = "regret"
     REWARD = "reward"
-
-
-class SoftOptimal(NamedTuple):
-    """The maximum-entropy optimum of a `TabularMDP` at temperature `alpha`.
-
-    Attributes:
-      q: `[S, A]` soft optimal action values.
-      v: `[S]` soft optimal values `alpha log sum_a exp(Q / alpha)`.
-      advantage: `[S, A]` `A* = Q* - V* = alpha log pi*`.
-      policy_logits: `[S, A]` log-probabilities of `pi*`.
-    """
-
-    q: jax.Array
-    v: jax.Array
-    advantage: jax.Array
-    policy_logits: jax.Array
 
 
 class SegmentPairs(NamedTuple):
@@ -101,55 +81,6 @@ class SegmentPairs(NamedTuple):
     score_chosen: jax.Array
     score_rejected: jax.Array
     prob_chosen: jax.Array
-
-
-@functools.partial(jax.jit, static_argnames=("num_iterations",))
-def soft_optimal_solution(
-    mdp: TabularMDP, *, alpha: float, num_iterations: int = 500
-) -> SoftOptimal:
-    """The maximum-entropy optimum at temperature `alpha`, by soft value iteration.
-
-    `V <- alpha log sum_a exp((r + gamma P V) / alpha)` for `num_iterations` backups (the error
-    shrinks by `discount` per backup); `A* = Q* - alpha logsumexp(Q* / alpha)`.
-
-    Args:
-      mdp: the task.
-      alpha: temperature (> 0).
-      num_iterations: number of backups.
-
-    Returns:
-      `SoftOptimal(q, v, advantage, policy_logits)`.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> m = TabularMDP(jnp.zeros((1, 2)), jnp.ones((1, 2, 1)), jnp.ones(1), jnp.asarray(0.5))
-      >>> print(round(float(soft_optimal_solution(m, alpha=1.0, num_iterations=60).v[0]), 4))
-      1.3863
-    """
-    res = soft_value_iteration(
-        mdp.reward, mdp.transitions, discount=mdp.discount, tau=alpha, num_iterations=num_iterations
-    )
-    v = alpha * jax.nn.logsumexp(res.q / alpha, axis=-1)
-    adv = res.q - v[:, None]
-    return SoftOptimal(q=res.q, v=v, advantage=adv, policy_logits=adv / alpha)
-
-
-@jax.jit
-def policy_return(mdp: TabularMDP, policy_logits):
-    """Exact expected discounted return `mu_0 . (I - gamma P_pi)^{-1} r_pi` of a policy.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> m = TabularMDP(jnp.ones((1, 2)), jnp.ones((1, 2, 1)), jnp.ones(1), jnp.asarray(0.5))
-      >>> print(round(float(policy_return(m, jnp.zeros((1, 2)))), 4))
-      2.0
-    """
-    pi = jax.nn.softmax(jnp.asarray(policy_logits), axis=-1)
-    r_pi = jnp.sum(pi * mdp.reward, axis=-1)
-    p_pi = jnp.einsum("sa,sat->st", pi, mdp.transitions, precision=_HIGHEST)
-    eye = jnp.eye(p_pi.shape[0], dtype=p_pi.dtype)
-    v = jnp.linalg.solve(eye - mdp.discount * p_pi, r_pi)
-    return jnp.dot(mdp.initial_distribution, v, precision=_HIGHEST)
 
 
 @functools.partial(jax.jit, static_argnames=("length",))
