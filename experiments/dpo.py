@@ -1,6 +1,6 @@
 """The DPO experiment: supervised reference, sampled preference pairs, DPO, and a gold-reward audit.
 
-Default run (no flags), on the synthetic token task of `jaxpref.data.synthetic`, where a hidden
+Default run (no flags), on the synthetic token task of `jaxpref.envs`, where a hidden
 per-token reward gives every completion a gold reward and every token a gold credit:
 
 1. **SFT**: a small GPT-2-style `jaxpref.models.Transformer` learns the task's reference language

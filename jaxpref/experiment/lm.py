@@ -1,6 +1,6 @@
 """Language-model pieces of preference experiments: the token task as data, evaluators.
 
-The synthetic token task of `jaxpref.data.synthetic` (a Markov reference language with a hidden
+The synthetic token task of `jaxpref.envs` (a Markov reference language with a hidden
 per-token gold reward) as batches for SFT and DPO (`TokenTaskData`), pairs sampled from a model
 and labelled by the gold reward (`sample_token_pairs`), gold-reward evaluation of a policy
 (`TokenTaskEvaluator`) against the task's exact KL-regularised optimum (`token_task_optimum`),
@@ -325,7 +325,7 @@ def token_task_optimum(data: TokenTaskData, beta: float, eval_pairs) -> dict[str
     """Exact quantities of the task's KL-regularised optimum relative to the true reference.
 
     The optimum `pi* ∝ pi_ref exp(R/beta)` comes from the backward soft Bellman recursion of
-    `jaxpref.data.synthetic`. Returns its expected gold reward and that of the true reference
+    `jaxpref.envs`. Returns its expected gold reward and that of the true reference
     chain on `data.eval_prompts`, `KL(pi* || pi_ref)`, the mean soft value `V*(x)`, the implicit
     rewards of the held-out pairs under `pi*`, their token-credit Spearman, and
     `token_implicit_optimum` (`[2N, L]` per-token implicit rewards, chosen then rejected).
