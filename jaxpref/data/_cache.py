@@ -7,7 +7,8 @@ one set of reference parameters, so it is keyed by two fingerprints:
 
 * `dataset_fingerprint(files, *extra)`: a hash of the data files' bytes and of anything else that
   changes the token rows (pass the tokenizer's `fingerprint()` and the `TokenizeConfig`);
-* `model_fingerprint(params)`: a hash of the parameter tree's structure, shapes, dtypes and values.
+* `params_fingerprint(params)`: a hash of the parameter tree's paths, shapes, dtypes and values
+  (the one parameter fingerprint of jaxpref; a checkpoint round trip keeps it).
 
 Layout: `<dataset_dir>/ref_logps/<model fingerprint[:16]>/` holds `logps.npy` (`[N, 2]` float32,
 chosen and rejected per record index, NaN until written) and `manifest.json` (both fingerprints,
@@ -25,13 +26,15 @@ from typing import Any
 
 import numpy as np
 
+from jaxpref._tree import params_fingerprint
+
 __all__ = [
     "FingerprintMismatchError",
     "RefLogprobCache",
     "build_ref_cache",
     "dataset_fingerprint",
     "fingerprint",
-    "model_fingerprint",
+    "params_fingerprint",
 ]
 
 _MANIFEST = "manifest.json"
@@ -122,32 +125,6 @@ def dataset_fingerprint(files: Iterable, *extra: Any) -> str:
     return h.hexdigest()
 
 
-def model_fingerprint(params) -> str:
-    """Fingerprint of a parameter pytree: structure, leaf shapes, dtypes and values.
-
-    Args:
-      params: a pytree of arrays (e.g. `nnx.state(model, nnx.Param)`), fully addressable.
-
-    Returns:
-      Hex digest.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> a = model_fingerprint({"w": jnp.ones(3)})
-      >>> b, c = model_fingerprint({"w": jnp.ones(3)}), model_fingerprint({"w": jnp.zeros(3)})
-      >>> print(a == b, a == c)
-      True False
-    """
-    import jax
-
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    h = hashlib.sha256()
-    _update(h, str(treedef))
-    for leaf in leaves:
-        _update(h, np.asarray(jax.device_get(leaf)))
-    return h.hexdigest()
-
-
 def _cache_dir(dataset_dir, model_fp: str) -> str:
     return os.path.join(os.fspath(dataset_dir), "ref_logps", model_fp[:16])
 
@@ -196,7 +173,7 @@ class RefLogprobCache:
           dataset_dir: the dataset's directory (the cache goes in `ref_logps/` under it).
           num_records: dataset size `N`.
           dataset_fingerprint: see `dataset_fingerprint`.
-          model_fingerprint: see `model_fingerprint`.
+          model_fingerprint: `params_fingerprint` of the reference parameters.
 
         Returns:
           A cache with `[N, 2]` NaN values, not yet written to disk (`write`, then `flush`).
@@ -215,7 +192,7 @@ class RefLogprobCache:
         Args:
           dataset_dir: the dataset's directory.
           dataset_fingerprint: the expected `dataset_fingerprint`.
-          model_fingerprint: the expected `model_fingerprint` of the reference parameters.
+          model_fingerprint: the expected `params_fingerprint` of the reference parameters.
 
         Returns:
           The cache, with every one of its `[N, 2]` values filled.
@@ -348,7 +325,7 @@ def build_ref_cache(
       logprob_fn: `batch -> (chosen [B], rejected [B])` reference sequence log-probs.
       num_records: dataset size `N`.
       dataset_fingerprint: see `dataset_fingerprint`.
-      model_fingerprint: see `model_fingerprint`.
+      model_fingerprint: `params_fingerprint` of the reference parameters.
 
     Returns:
       The flushed cache.

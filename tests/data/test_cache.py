@@ -14,7 +14,7 @@ from jaxpref.data import (
     build_ref_cache,
     dataset_fingerprint,
     fingerprint,
-    model_fingerprint,
+    params_fingerprint,
     preference_pipeline,
     write_jsonl,
 )
@@ -40,10 +40,10 @@ def test_fingerprints_are_sensitive(tmp_path):
     f.write_text("y")
     assert base != dataset_fingerprint([f], "tok", CFG)
     p = {"a": jnp.ones((2, 3)), "b": [jnp.zeros(2)]}
-    assert model_fingerprint(p) == model_fingerprint({"a": jnp.ones((2, 3)), "b": [jnp.zeros(2)]})
-    assert model_fingerprint(p) != model_fingerprint({"a": jnp.ones((2, 3)), "b": [jnp.ones(2)]})
-    assert model_fingerprint(p) != model_fingerprint({"a": jnp.ones((3, 2)), "b": [jnp.zeros(2)]})
-    assert model_fingerprint(p) != model_fingerprint(
+    assert params_fingerprint(p) == params_fingerprint({"a": jnp.ones((2, 3)), "b": [jnp.zeros(2)]})
+    assert params_fingerprint(p) != params_fingerprint({"a": jnp.ones((2, 3)), "b": [jnp.ones(2)]})
+    assert params_fingerprint(p) != params_fingerprint({"a": jnp.ones((3, 2)), "b": [jnp.zeros(2)]})
+    assert params_fingerprint(p) != params_fingerprint(
         {"a": jnp.ones((2, 3), jnp.bfloat16), "b": [jnp.zeros(2)]}
     )
     assert fingerprint({"x": 1, "y": [1, 2]}) == fingerprint({"y": [1, 2], "x": 1})
@@ -79,7 +79,7 @@ def test_cache_built_once_serves_shuffled_sharded_batches(tmp_path, tokenizer):
     ds_dir = build_preference_dataset(tmp_path / "tfds", {"train": [tmp_path / "d.jsonl"]})
     src = PreferenceSource(ds_dir, "train")
     data_fp = dataset_fingerprint(src.files(), tokenizer.fingerprint(), CFG)
-    model_fp = model_fingerprint({"w": jnp.arange(3.0)})
+    model_fp = params_fingerprint({"w": jnp.arange(3.0)})
     ordered = preference_pipeline(
         src, batch_size=5, tokenizer=tokenizer, config=CFG, shuffle=False, num_epochs=1
     )
