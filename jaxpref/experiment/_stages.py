@@ -8,16 +8,8 @@ import pathlib
 
 import jax
 
+import jaxpref.train as jt
 from jaxpref.experiment._errors import RunStopped
-from jaxpref.train import (
-    CheckpointConfig,
-    LoggingConfig,
-    LoopConfig,
-    OptimizerConfig,
-    RefSyncConfig,
-    TrainConfig,
-    read_metrics,
-)
 
 __all__ = ["mesh_for", "require_completed", "stage_config", "stage_records"]
 
@@ -25,12 +17,12 @@ __all__ = ["mesh_for", "require_completed", "stage_config", "stage_records"]
 def stage_config(
     stage_dir: str | os.PathLike,
     *,
-    loop: LoopConfig,
-    optimizer: OptimizerConfig,
-    checkpoint: CheckpointConfig,
-    logging: LoggingConfig,
-    ref_sync: RefSyncConfig = RefSyncConfig(),
-) -> TrainConfig:
+    loop: jt.LoopConfig,
+    optimizer: jt.OptimizerConfig,
+    checkpoint: jt.CheckpointConfig,
+    logging: jt.LoggingConfig,
+    ref_sync: jt.RefSyncConfig = jt.RefSyncConfig(),
+) -> jt.TrainConfig:
     """The `TrainConfig` of one stage writing to `stage_dir`.
 
     A shared `checkpoint.directory` gets one subdirectory per stage (named like `stage_dir`),
@@ -40,7 +32,7 @@ def stage_config(
     if checkpoint.directory is not None:
         directory = str(pathlib.Path(checkpoint.directory) / stage_dir.name)
         checkpoint = dataclasses.replace(checkpoint, directory=directory)
-    return TrainConfig(
+    return jt.TrainConfig(
         run_dir=str(stage_dir),
         loop=loop,
         optimizer=optimizer,
@@ -66,7 +58,7 @@ def _by_step(records: list[dict]) -> list[dict]:
 def stage_records(stage_dir: str | os.PathLike) -> tuple[list[dict], list[dict]]:
     """A stage's `(train, eval)` metric records, one per step (a resumed run's re-logged steps
     keep their last record)."""
-    records = read_metrics(stage_dir)
+    records = jt.read_metrics(stage_dir)
     return (
         _by_step([r for r in records if r.get("split") == "train"]),
         _by_step([r for r in records if r.get("split") == "eval"]),

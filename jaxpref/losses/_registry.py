@@ -263,59 +263,6 @@ def resolve(loss: str | Callable | LossInfo) -> LossInfo:
     )
 
 
-def _invoke(
-    record: LossInfo,
-    chosen_logps,
-    rejected_logps,
-    ref_chosen_logps,
-    ref_rejected_logps,
-    chosen_lengths,
-    rejected_lengths,
-    hparams: dict,
-):
-    unknown = sorted(set(hparams) - set(record.hyperparameters))
-    if unknown:
-        valid = ", ".join(record.hyperparameters) or "none"
-        raise TypeError(
-            f"Loss {record.name!r} got unknown hyperparameter(s) {', '.join(unknown)}; "
-            f"valid hyperparameters: {valid}."
-        )
-    required = sorted(k for k, v in record.hyperparameters.items() if v is inspect.Parameter.empty)
-    absent = [k for k in required if k not in hparams]
-    if absent:
-        raise TypeError(
-            f"Loss {record.name!r} needs hyperparameter(s) {', '.join(absent)} (no default)."
-        )
-    args = [chosen_logps, rejected_logps]
-    if record.needs_reference:
-        missing = [
-            n
-            for n, v in (
-                ("ref_chosen_logps", ref_chosen_logps),
-                ("ref_rejected_logps", ref_rejected_logps),
-            )
-            if v is None
-        ]
-        if missing:
-            raise ValueError(
-                f"Loss {record.name!r} needs reference log-probs; missing {', '.join(missing)}."
-            )
-        args += [ref_chosen_logps, ref_rejected_logps]
-    if record.needs_lengths:
-        given = dict(zip(_LENGTH_ARGS, (chosen_lengths, rejected_lengths), strict=True))
-        missing = [a for a in _LENGTH_ARGS if _accepts(record.fn, a) and given[a] is None]
-        if missing:
-            raise ValueError(
-                f"Loss {record.name!r} needs {' and '.join(f'`{m}`' for m in missing)} "
-                "([B] completion-token counts)."
-            )
-    kwargs = dict(hparams)
-    for arg, value in zip(_LENGTH_ARGS, (chosen_lengths, rejected_lengths), strict=True):
-        if value is not None and _accepts(record.fn, arg):
-            kwargs[arg] = value
-    return record.fn(*args, **kwargs)
-
-
 def call(
     name: str | Callable | LossInfo,
     chosen_logps,
@@ -358,16 +305,48 @@ def call(
       >>> print(round(float(loss[0]), 4))
       0.3133
     """
-    return _invoke(
-        resolve(name),
-        chosen_logps,
-        rejected_logps,
-        ref_chosen_logps,
-        ref_rejected_logps,
-        chosen_lengths,
-        rejected_lengths,
-        hparams,
-    )
+    record = resolve(name)
+    unknown = sorted(set(hparams) - set(record.hyperparameters))
+    if unknown:
+        valid = ", ".join(record.hyperparameters) or "none"
+        raise TypeError(
+            f"Loss {record.name!r} got unknown hyperparameter(s) {', '.join(unknown)}; "
+            f"valid hyperparameters: {valid}."
+        )
+    required = sorted(k for k, v in record.hyperparameters.items() if v is inspect.Parameter.empty)
+    absent = [k for k in required if k not in hparams]
+    if absent:
+        raise TypeError(
+            f"Loss {record.name!r} needs hyperparameter(s) {', '.join(absent)} (no default)."
+        )
+    args = [chosen_logps, rejected_logps]
+    if record.needs_reference:
+        missing = [
+            n
+            for n, v in (
+                ("ref_chosen_logps", ref_chosen_logps),
+                ("ref_rejected_logps", ref_rejected_logps),
+            )
+            if v is None
+        ]
+        if missing:
+            raise ValueError(
+                f"Loss {record.name!r} needs reference log-probs; missing {', '.join(missing)}."
+            )
+        args += [ref_chosen_logps, ref_rejected_logps]
+    if record.needs_lengths:
+        given = dict(zip(_LENGTH_ARGS, (chosen_lengths, rejected_lengths), strict=True))
+        missing = [a for a in _LENGTH_ARGS if _accepts(record.fn, a) and given[a] is None]
+        if missing:
+            raise ValueError(
+                f"Loss {record.name!r} needs {' and '.join(f'`{m}`' for m in missing)} "
+                "([B] completion-token counts)."
+            )
+    kwargs = dict(hparams)
+    for arg, value in zip(_LENGTH_ARGS, (chosen_lengths, rejected_lengths), strict=True):
+        if value is not None and _accepts(record.fn, arg):
+            kwargs[arg] = value
+    return record.fn(*args, **kwargs)
 
 
 def _register_builtins() -> None:
