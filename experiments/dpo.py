@@ -39,7 +39,7 @@ import json
 import pathlib
 import sys
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
 
 import jax
 import numpy as np
@@ -147,39 +147,23 @@ class Config:
 def _validate(config: Config) -> None:
     """Checks the configuration and the input paths before anything is written."""
     fail = kit.ConfigError
-    try:
-        config.loss.hyperparameters()
-    except KeyError as err:
-        raise fail(f"--loss.name: {err.args[0]}") from None
-    except ValueError as err:
-        raise fail(f"--loss: {err}") from None
+    _check_loss(config.loss, "--loss.name", "--loss")
     if config.compare is not None:
-        try:
-            _compare_loss(config).hyperparameters()
-        except KeyError as err:
-            raise fail(f"--compare: {err.args[0]}") from None
-        except ValueError as err:
-            raise fail(f"--compare {config.compare}: {err}") from None
-    if config.batch_size <= 0:
-        raise fail(f"--batch-size must be positive, got {config.batch_size}.")
+        _check_loss(_compare_loss(config), "--compare", f"--compare {config.compare}")
     accum = config.loop.accum_steps
-    if config.batch_size % accum:
-        raise fail(
-            f"--batch-size {config.batch_size} is not divisible into "
-            f"--loop.accum-steps {accum} microbatches."
-        )
+    sizes = [("--batch-size", config.batch_size, "")]
     if config.run_sft:
-        if config.sft.batch_size <= 0 or config.sft.steps <= 0:
-            raise fail(
-                f"--sft.batch-size and --sft.steps must be positive, got "
-                f"{config.sft.batch_size} and {config.sft.steps}."
-            )
-        if config.sft.batch_size % accum:
-            raise fail(
-                f"--sft.batch-size {config.sft.batch_size} is not divisible into "
-                f"--loop.accum-steps {accum} microbatches (the SFT stage accumulates "
-                "too)."
-            )
+        sizes.append(
+            ("--sft.batch-size", config.sft.batch_size, " (the SFT stage accumulates too)")
+        )
+        if config.sft.steps <= 0:
+            raise fail(f"--sft.steps must be positive, got {config.sft.steps}.")
+    for flag, size, note in sizes:
+        if size <= 0:
+            raise fail(f"{flag} must be positive, got {size}.")
+        if size % accum:
+            msg = f"is not divisible into --loop.accum-steps {accum} microbatches{note}."
+            raise fail(f"{flag} {size} {msg}")
     if config.reference == "cached" and config.ref_sync.enabled:
         raise fail("--ref-sync needs --reference live (a synced reference changes).")
     if config.synthetic:
@@ -214,6 +198,15 @@ def _validate(config: Config) -> None:
 # Stages.
 
 
+def _check_loss(loss: jl.LossConfig, name_flag: str, flag: str) -> None:
+    try:
+        loss.hyperparameters()
+    except KeyError as err:
+        raise kit.ConfigError(f"{name_flag}: {err.args[0]}") from None
+    except ValueError as err:
+        raise kit.ConfigError(f"{flag}: {err}") from None
+
+
 def _stage(config: Config, stage_dir, *, steps, optimizer, eval_every, ref_sync=RefSyncConfig()):
     loop = dataclasses.replace(config.loop, steps=steps, eval_every=eval_every)
     return kit.stage_config(
@@ -236,75 +229,22 @@ def run_sft(config: Config, model, batches, stage_dir: pathlib.Path, mesh=None, 
     )
 
 
-def train_and_summarise(
-    config: Config,
-    model_def,
-    ref_params,
-    batches,
-    run: kit.RunDir,
-    evaluator,
-    *,
-    inputs,
-    stage="dpo",
-    **mesh,
-) -> tuple[dict, Any, list, list]:
-    """Runs (or resumes) one DPO stage, evaluates the final policy and summarises it.
-
-    Returns:
-      `(summary, final_params, train_records, eval_records)`: the report fields both the
-      synthetic and the real-data runs share (gold-reward fields None), then the final
-      parameters and the deduplicated metric records of the stage.
-    """
-    stage_dir = run.path / stage
+def _preference_stage(config: Config, run: kit.RunDir, stage: str, batches, **shared):
+    """Runs (or resumes) one preference stage; `shared` holds `model_def`, `ref_params`,
+    `evaluator`, `inputs`, `mesh` and `rules` (see `lm.run_preference_stage`)."""
     train_config = _stage(
         config,
-        stage_dir,
+        run.path / stage,
         steps=config.loop.steps,
         optimizer=config.optimizer,
         eval_every=config.loop.eval_every,
         ref_sync=config.ref_sync,
     )
-    kit.guard_inputs(stage_dir, train_config.checkpoint_dir, inputs)
-    with run.phase(stage):
-        result = lm.train_preference(
-            model_def,
-            ref_params,
-            batches,
-            train_config,
-            loss=config.loss,
-            reference=config.reference,
-            seed=config.loop.seed,
-            evaluator=evaluator,
-            extra_config={"stage": "dpo", "experiment": config_to_dict(config)},
-            **mesh,
-        )
-    kit.require_completed(result, stage.upper(), run.path)
-    params = jax.device_get(result.state.params)
-    with run.phase("evaluate"):
-        final = evaluator(params)
-    trains, evals = kit.stage_records(run.path / stage)
-    first = evals[0] if evals else final
-    rates = [r["perf/tokens_per_s"] for r in trains if "perf/tokens_per_s" in r]
-    summary = {
-        "loss_name": config.loss.name,
-        "beta": config.loss.beta,
-        "steps": int(result.step),
-        "gold_reward_ref": final.get("gold_reward_ref"),
-        "gold_reward_policy": final.get("gold_reward_policy"),
-        "win_rate_vs_ref": final.get("win_rate_vs_ref"),
-        "kl_to_ref": final["kl_to_ref"],
-        "implicit_reward_chosen_start": first["implicit_reward_chosen"],
-        "implicit_reward_chosen_end": final["implicit_reward_chosen"],
-        "implicit_reward_rejected_start": first["implicit_reward_rejected"],
-        "implicit_reward_rejected_end": final["implicit_reward_rejected"],
-        "implicit_reward_start_step": int(first.get("step", result.step)),
-        "implicit_reward_accuracy": final["implicit_reward_accuracy"],
-        "token_credit_spearman": final.get("token_credit_spearman"),
-        "tokens_per_s": float(np.median(rates)) if rates else None,
-        "final_params_fingerprint": params_fingerprint(params),
-        "reference_params_fingerprint": params_fingerprint(ref_params),
-    }
-    return summary, params, trains, evals
+    extra = {"stage": "dpo", "experiment": config_to_dict(config)}
+    return lm.run_preference_stage(
+        run, stage, train_config, batches=batches, loss=config.loss, reference=config.reference,
+        seed=config.loop.seed, extra_config=extra, **shared,
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------
@@ -392,17 +332,9 @@ def _main_synthetic(config: Config, run: kit.RunDir) -> dict:
         f"{config.batch_size} pairs, reference {config.reference}"
     )
     inputs = {"reference_fingerprint": ref_fp, "pairs_fingerprint": params_fingerprint(stored)}
-    summary, params, trains, evals = train_and_summarise(
-        config,
-        model_def,
-        ref_params,
-        batches(),
-        run,
-        evaluator,
-        inputs=inputs,
-        mesh=mesh,
-        rules=rules,
-    )
+    shared = dict(model_def=model_def, ref_params=ref_params, evaluator=evaluator, inputs=inputs,
+                  mesh=mesh, rules=rules)  # fmt: skip
+    summary, params, trains, evals = _preference_stage(config, run, "dpo", batches(), **shared)
     optimum = lm.token_task_optimum(data, beta, eval_pairs)
     exact = {k: v for k, v in optimum.items() if k != "token_implicit_optimum"}
     results = {
@@ -421,18 +353,7 @@ def _main_synthetic(config: Config, run: kit.RunDir) -> dict:
     if config.compare is not None:
         other = dataclasses.replace(config, loss=_compare_loss(config))
         run.log(f"comparison: {config.compare} on the same pairs")
-        cmp, *_ = train_and_summarise(
-            other,
-            model_def,
-            ref_params,
-            batches(),
-            run,
-            evaluator,
-            inputs=inputs,
-            stage=f"compare_{config.compare}",
-            mesh=mesh,
-            rules=rules,
-        )
+        cmp = _preference_stage(other, run, f"compare_{config.compare}", batches(), **shared)[0]
         results["compare"] = {**cmp, "gold_gap_closed": _gap_closed(cmp, exact)}
     with run.phase("plots"):
         _plot_curves(run.path, trains, evals, results)
@@ -541,17 +462,9 @@ def _main_real(config: Config, run: kit.RunDir, model, data: lm.PreferenceFile) 
         "data_sha256": kit.file_sha256(config.data.path),
         "data": json.dumps(config_to_dict(config.data), sort_keys=True),
     }
-    summary, _, trains, evals = train_and_summarise(
-        config,
-        model_def,
-        ref_params,
-        batches,
-        run,
-        evaluator,
-        inputs=inputs,
-        mesh=mesh,
-        rules=rules,
-    )
+    shared = dict(model_def=model_def, ref_params=ref_params, evaluator=evaluator, inputs=inputs,
+                  mesh=mesh, rules=rules)  # fmt: skip
+    summary, _, trains, evals = _preference_stage(config, run, "dpo", batches, **shared)
     if data.skipped:
         run.log("skipped records: " + ", ".join(f"{n} {why}" for why, n in data.skipped.items()))
     results = {**summary, "data": data.summary()}
@@ -594,21 +507,8 @@ def _plot_curves(out: pathlib.Path, trains, evals, results) -> None:
             ),
         ],
     )
-    if not evals:
-        return
-    plt = kit.pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    xs = [0] + [r["step"] for r in evals]
-    for which, color in (("chosen", "tab:blue"), ("rejected", "tab:red")):
-        key = f"implicit_reward_{which}"
-        ax.plot(xs, [0.0] + [r[key] for r in evals], color=color, marker=".", label=which)
-        if f"{key}_optimum" in exact:
-            ax.axhline(exact[f"{key}_optimum"], color=color, ls=":", label=f"{which} at optimum")
-    ax.axhline(0.0, color="gray", lw=0.8)
-    ax.set(xlabel="step", ylabel="beta log pi/pi_ref (nats, held-out pairs)")
-    ax.set_title("implicit rewards of chosen and rejected", fontsize=9)
-    ax.legend(fontsize=7)
-    kit.save_figure(fig, out / "implicit_rewards.png")
+    if evals:
+        lm.plot_implicit_rewards(out / "implicit_rewards.png", evals, exact)
 
 
 def _markdown(config: Config, out: pathlib.Path, r: dict) -> kit.Markdown:
@@ -662,46 +562,7 @@ def _markdown(config: Config, out: pathlib.Path, r: dict) -> kit.Markdown:
             md.table(["skipped records: reason", "count"], sorted(skipped.items()))
     exact = r.get("exact")
     if exact:
-        fit = r["reference_fit"]
-        md.heading("Exact reference points (token task)")
-        md.table(
-            ["quantity", "value"],
-            [
-                (
-                    "expected gold reward of the task's true reference chain",
-                    exact["gold_reward_true_ref"],
-                ),
-                (
-                    f"expected gold reward of the KL-regularised optimum (beta={r['beta']})",
-                    exact["gold_reward_optimum"],
-                ),
-                ("KL(optimum || true reference)", exact["kl_optimum_to_true_ref"]),
-                (
-                    "implicit reward of held-out chosen / rejected at the optimum",
-                    f"{f(exact['implicit_reward_chosen_optimum'])} / "
-                    f"{f(exact['implicit_reward_rejected_optimum'])}",
-                ),
-                ("token credit Spearman at the optimum", exact["token_credit_spearman_optimum"]),
-                (
-                    "NLL per token of fresh reference-language text: SFT model / true chain",
-                    f"{f(fit['nll_per_token_sft'])} / {f(fit['nll_per_token_true_chain'])}",
-                ),
-            ],
-        )
-        md.paragraph("Acceptance: " + ", ".join(f"{k}: {f(v)}" for k, v in r["acceptance"].items()))
-        md.heading("Why the chosen reward goes down")
-        md.paragraph(
-            "The implicit reward of a completion is `beta log pi(y|x)/pi_ref(y|x)`. At the "
-            "KL-regularised optimum that DPO targets, it equals `R(y) - V*(x)`, where "
-            "`V*(x) = beta log E_{y~pi_ref}[exp(R(y)/beta)]` is the soft maximum of the gold "
-            "reward over completions of the reference. The pairs were sampled from the "
-            "reference, so a typical chosen completion is below that soft maximum (mean `V*(x)` "
-            f"over held-out prompts: {f(exact['soft_value_optimum'])}): the target implicit "
-            "reward of the chosen completion can be negative as well, and its likelihood has to "
-            "fall while probability moves to better completions that never appeared in the "
-            "data. The dotted lines in `implicit_rewards.png` are these exact targets for the "
-            "held-out pairs."
-        )
+        lm.token_task_markdown(md, r)
     md.heading("Plots")
     md.image("training_curves.png", "training curves")
     md.image("implicit_rewards.png", "implicit rewards")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,15 +41,19 @@ __all__ = [
     "ModelSpec",
     "PreferenceFile",
     "PreferenceFileSpec",
+    "PreferenceStage",
     "TokenTaskData",
     "TokenTaskEvaluator",
     "TokenTaskSpec",
     "cached_reference_logps",
     "completion_logps_fn",
     "generate",
+    "plot_implicit_rewards",
     "plot_token_credit",
     "reference_fit",
+    "run_preference_stage",
     "sample_token_pairs",
+    "token_task_markdown",
     "token_task_optimum",
     "train_preference",
     "train_sft",
@@ -785,3 +789,197 @@ class PreferenceFile:
             "tokenizer_skipped": dict(self.token_report.skipped),
             "truncated": int(self.token_report.num_truncated),
         }
+
+
+class PreferenceStage(NamedTuple):
+    """What `run_preference_stage` returns.
+
+    Attributes:
+      summary: the stage's report fields (see `run_preference_stage`).
+      params: the final parameters (host arrays).
+      train_records: training metric records, one per logged step.
+      eval_records: evaluation records, one per evaluated step.
+    """
+
+    summary: dict[str, Any]
+    params: Any
+    train_records: list[dict]
+    eval_records: list[dict]
+
+
+def run_preference_stage(
+    run,
+    stage: str,
+    config: TrainConfig,
+    model_def,
+    ref_params,
+    batches,
+    evaluator: Callable,
+    *,
+    loss: LossConfig,
+    reference: str,
+    seed: int,
+    inputs: dict[str, Any],
+    extra_config=None,
+    mesh=None,
+    rules=None,
+) -> PreferenceStage:
+    """Runs (or resumes) one preference-training stage in a run directory and summarises it.
+
+    Refuses checkpoints trained on other `inputs` (`jaxpref.experiment.guard_inputs`), trains
+    with `train_preference` (timed as phase `stage`), raises `RunStopped` if the stage stopped
+    early, evaluates the final policy (phase "evaluate") and reads the stage's metrics.
+
+    Args:
+      run: the experiment's `RunDir`; the stage writes to `run.path / stage`.
+      stage: the stage's name.
+      config: its `TrainConfig` (`jaxpref.experiment.stage_config`).
+      model_def: the model's static part.
+      ref_params: the reference's parameters, also the policy's start.
+      batches: the pair batches.
+      evaluator: `params -> metrics` with `kl_to_ref`, `implicit_reward_{chosen,rejected}`,
+        `implicit_reward_accuracy` and optionally gold-reward metrics (`TokenTaskEvaluator`,
+        `HeldOutEvaluator`).
+      loss: the loss.
+      reference: "live" or "cached".
+      seed: seed of the train state.
+      inputs: what the stage depends on (fingerprints), stored and compared on resume.
+      extra_config: JSON stored with the checkpoints.
+      mesh: optional device mesh.
+      rules: `jaxpref.parallel` sharding rules.
+
+    Returns:
+      A `PreferenceStage`. Its summary holds the loss and beta, the steps, the final metrics
+      (gold reward of reference and policy, win rate, KL; None where the evaluator has no gold
+      reward), the implicit rewards at the first evaluation and at the end, the median
+      training tokens/s, and the `params_fingerprint`s of the final and reference parameters.
+    """
+    from jaxpref.experiment._run_dir import guard_inputs
+    from jaxpref.experiment._stages import require_completed, stage_records
+    from jaxpref.train import params_fingerprint
+
+    stage_dir = run.path / stage
+    guard_inputs(stage_dir, config.checkpoint_dir, inputs)
+    with run.phase(stage):
+        result = train_preference(
+            model_def,
+            ref_params,
+            batches,
+            config,
+            loss=loss,
+            reference=reference,
+            seed=seed,
+            evaluator=evaluator,
+            extra_config=extra_config,
+            mesh=mesh,
+            rules=rules,
+        )
+    require_completed(result, stage.upper(), run.path)
+    params = jax.device_get(result.state.params)
+    with run.phase("evaluate"):
+        final = evaluator(params)
+    trains, evals = stage_records(stage_dir)
+    first = evals[0] if evals else final
+    rates = [r["perf/tokens_per_s"] for r in trains if "perf/tokens_per_s" in r]
+    summary = {
+        "loss_name": loss.name,
+        "beta": loss.beta,
+        "steps": int(result.step),
+        "gold_reward_ref": final.get("gold_reward_ref"),
+        "gold_reward_policy": final.get("gold_reward_policy"),
+        "win_rate_vs_ref": final.get("win_rate_vs_ref"),
+        "kl_to_ref": final["kl_to_ref"],
+        "implicit_reward_chosen_start": first["implicit_reward_chosen"],
+        "implicit_reward_chosen_end": final["implicit_reward_chosen"],
+        "implicit_reward_rejected_start": first["implicit_reward_rejected"],
+        "implicit_reward_rejected_end": final["implicit_reward_rejected"],
+        "implicit_reward_start_step": int(first.get("step", result.step)),
+        "implicit_reward_accuracy": final["implicit_reward_accuracy"],
+        "token_credit_spearman": final.get("token_credit_spearman"),
+        "tokens_per_s": float(np.median(rates)) if rates else None,
+        "final_params_fingerprint": params_fingerprint(params),
+        "reference_params_fingerprint": params_fingerprint(ref_params),
+    }
+    return PreferenceStage(summary, params, trains, evals)
+
+
+def token_task_markdown(md, results: dict[str, Any]) -> None:
+    """Adds the token task's exact reference points and "why the chosen reward goes down".
+
+    Args:
+      md: the report's `jaxpref.experiment.Markdown`.
+      results: a run's results with `beta`, `exact` (`token_task_optimum` without the
+        per-token array), `reference_fit` and `acceptance`.
+    """
+    from jaxpref.experiment._report import fmt as f
+
+    exact, fit = results["exact"], results["reference_fit"]
+    md.heading("Exact reference points (token task)")
+    md.table(
+        ["quantity", "value"],
+        [
+            (
+                "expected gold reward of the task's true reference chain",
+                exact["gold_reward_true_ref"],
+            ),
+            (
+                f"expected gold reward of the KL-regularised optimum (beta={results['beta']})",
+                exact["gold_reward_optimum"],
+            ),
+            ("KL(optimum || true reference)", exact["kl_optimum_to_true_ref"]),
+            (
+                "implicit reward of held-out chosen / rejected at the optimum",
+                f"{f(exact['implicit_reward_chosen_optimum'])} / "
+                f"{f(exact['implicit_reward_rejected_optimum'])}",
+            ),
+            ("token credit Spearman at the optimum", exact["token_credit_spearman_optimum"]),
+            (
+                "NLL per token of fresh reference-language text: SFT model / true chain",
+                f"{f(fit['nll_per_token_sft'])} / {f(fit['nll_per_token_true_chain'])}",
+            ),
+        ],
+    )
+    checks = ", ".join(f"{k}: {f(v)}" for k, v in results["acceptance"].items())
+    md.paragraph("Acceptance: " + checks)
+    md.heading("Why the chosen reward goes down")
+    md.paragraph(
+        "The implicit reward of a completion is `beta log pi(y|x)/pi_ref(y|x)`. At the "
+        "KL-regularised optimum that DPO targets, it equals `R(y) - V*(x)`, where "
+        "`V*(x) = beta log E_{y~pi_ref}[exp(R(y)/beta)]` is the soft maximum of the gold "
+        "reward over completions of the reference. The pairs were sampled from the reference, "
+        "so a typical chosen completion is below that soft maximum (mean `V*(x)` over held-out "
+        f"prompts: {f(exact['soft_value_optimum'])}): the target implicit reward of the chosen "
+        "completion can be negative as well, and its likelihood has to fall while probability "
+        "moves to better completions that never appeared in the data. The dotted lines in "
+        "`implicit_rewards.png` are these exact targets for the held-out pairs."
+    )
+
+
+def plot_implicit_rewards(path, eval_records: list[dict], exact: dict | None = None) -> None:
+    """Implicit rewards of held-out chosen and rejected completions along training (PNG).
+
+    The "why does the chosen reward go down?" diagnostic: both curves start at 0 (the policy
+    is the reference) and, where the exact optimum is known, dotted lines mark its values.
+
+    Args:
+      path: the PNG file.
+      eval_records: evaluation records with `step`, `implicit_reward_chosen`,
+        `implicit_reward_rejected`.
+      exact: optional `implicit_reward_{chosen,rejected}_optimum` values.
+    """
+    from jaxpref.experiment._plots import pyplot, save_figure
+
+    exact = exact or {}
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    xs = [0] + [r["step"] for r in eval_records]
+    for which, color in (("chosen", "tab:blue"), ("rejected", "tab:red")):
+        key = f"implicit_reward_{which}"
+        ax.plot(xs, [0.0] + [r[key] for r in eval_records], color=color, marker=".", label=which)
+        if f"{key}_optimum" in exact:
+            ax.axhline(exact[f"{key}_optimum"], color=color, ls=":", label=f"{which} at optimum")
+    ax.axhline(0.0, color="gray", lw=0.8)
+    ax.set(xlabel="step", ylabel="beta log pi/pi_ref (nats, held-out pairs)")
+    ax.set_title("implicit rewards of chosen and rejected", fontsize=9)
+    ax.legend(fontsize=7)
+    save_figure(fig, path)
