@@ -15,16 +15,19 @@ one trajectory, and two transforms apply it to batches, keeping its signature:
     batch_major(lambda_returns)(r_t, discount_t, v_t, lambda_, mask=mask)  # [B, T] LM rows
 
 `time_major(fn)` equals `jax.vmap(fn, in_axes=1, out_axes=1)` but scans the `[T, B]` arrays
-directly with the in-place reverse loop, 1.1-1.6x faster on CPU than the vmapped scan;
-`batch_major(fn)` removes masked steps from each row (compact, apply, scatter back; 0 at masked
-steps, masked values never reach the result or its gradients) and runs the same loop. The
-transforms replace per-function copies (`lambda_returns_time_major`, ...): one signature and one
-set of checks per function, two names instead of seven, and every function in every layout. They
-were chosen over an `axis=`/`layout=` argument because the single-trajectory functions keep
-exactly rlax's signature, and over `vmap` alone because the time-major loop is faster than
-vmapping a scan and a mask changes the recursion, which `vmap` cannot express. The time-major
-paths lower to the same XLA program as the former copies. Other per-trajectory functions
-(`td_lambda`, `retrace`, ...) batch with `jax.vmap`.
+directly with the in-place reverse loop, 1.1-1.6x faster on CPU than the vmapped scan.
+`batch_major(fn)` removes masked steps from each row (the result equals compacting the row,
+applying `fn` and scattering back, 0 at masked steps; masked values never reach the result or
+its gradients) with one scan whose carry skips masked steps.
+
+Why transforms: they replace per-function copies (`lambda_returns_time_major`, ...) with one
+signature and one set of checks per function, two exported names instead of seven, and every
+function in every layout (batch-major n-step returns are new). An `axis=` / `layout=` argument
+on the single-trajectory functions would have left their rlax signatures carrying a mask and
+an axis that rlax does not have; `jax.vmap` alone is not enough, because the time-major loop is
+faster than a vmapped scan and a mask changes the recursion itself. The time-major and
+batch-major paths compile to the same XLA programs as the former copies did. Other
+per-trajectory functions (`td_lambda`, `retrace`, ...) batch with `jax.vmap`.
 """
 
 from jaxpref.bellman._layouts import batch_major, time_major

@@ -1,21 +1,21 @@
 """Layouts of the return and advantage functions: one trajectory, `[T, B]` rollouts, `[B, T]` rows.
 
-Each return or advantage function of `_multistep` is written once, for one trajectory `[T]`, as a
-`Recursion`: which of its arguments are sequences, discounts, traces, state values or bootstrap
-values, and which reverse-scan core of `_recursions` computes it. `apply` checks and casts the
-arguments of a call in one of three layouts and runs the core:
+Each return or advantage function of `_multistep` is written once, for one trajectory `[T]`, with
+a `Recursion`: which of its arguments are rewards, values, discounts, traces, state values or
+bootstrap values, and which reverse-scan cores of `_recursions` compute it. `apply` checks and
+casts the arguments of a call in one of three layouts and runs a core:
 
 - `"single"`: one trajectory `[T]` (the public functions themselves; rlax's semantics). The core
   is the stacked `lax.scan`, which `jax.vmap` batches over any axis.
-- `"time_major"`: rollouts `[T, B]` (`time_major(fn)`). The core scans the `[T, B]` arrays
-  directly; without unrolling it runs in place (`_recursions`), 1.1-1.6x faster than the vmapped
-  scan. Equals `jax.vmap(fn, in_axes=1, out_axes=1)`.
-- `"batch_major"`: language-model rows `[B, T]` with a mask (`batch_major(fn)`). Each row's valid
-  steps are moved, in order, to the end of the row (a permutation computed from the mask), the
-  rows are transposed to `[T, B]` and run by the time-major core, and the results are permuted
-  back with 0 at masked steps. A reverse recursion reads the valid steps first and the padding
-  after them, so the padding never reaches a valid step: the result is exactly that of compacting
-  each row, applying `fn`, and scattering back.
+- `"time_major"`: rollouts `[T, B]` (`time_major(fn)`). The same core scans the `[T, B]` arrays
+  directly; without unrolling it runs in place (`_recursions`), 1.1-1.6x faster than vmapping
+  the scan. Equals `jax.vmap(fn, in_axes=1, out_axes=1)`.
+- `"batch_major"`: language-model rows `[B, T]` with a mask (`batch_major(fn)`). The rows are
+  transposed, zeroed at masked steps, and run by the function's masked scan, whose carry skips
+  masked steps. n-step returns, whose windows count steps, have no masked scan: each row's
+  valid steps are moved, in order, to the end of the row by a permutation, the time-major core
+  runs, and the results are permuted back. Both give exactly the result of compacting each row,
+  applying `fn` and scattering back, with 0 at masked steps.
 """
 
 from __future__ import annotations
@@ -35,10 +35,12 @@ __all__ = ["batch_major", "time_major"]
 
 Layout = Literal["single", "time_major", "batch_major"]
 
-Kind = Literal["sequence", "discount", "trace", "values", "bootstrap"]
+Kind = Literal["reward", "value", "discount", "trace", "values", "bootstrap"]
 """How a recursion reads one argument (shapes for one trajectory of length T):
 
-- `"sequence"`: a floating `[T]` array (`r_t`, `v_t`); the first one is the shape reference.
+- `"reward"`: a floating `[T]` array (`r_t`), the shape reference.
+- `"value"`: a floating `[T]` array of values of the states reached (`v_t`); the last step
+  bootstraps from its own value.
 - `"discount"`: a scalar or `[T]` (`discount_t`), broadcast to `[T]`.
 - `"trace"`: a scalar or `[T]` (`lambda_`); a scalar stays a scalar (a loop invariant).
 - `"values"`: a floating `[T + 1]` array of state values, the last one the bootstrap.
@@ -55,11 +57,17 @@ class Recursion(NamedTuple):
         arrays with time leading and any trailing batch axes (scalars stay scalars, except
         discounts, which are broadcast).
       static: names of Python int arguments (>= 1) passed to `core` by name (`n`).
+      masked_core: `masked_core(valid, *arrays, unroll=, **static)`: the recursion over masked
+        rows, time-major (`valid` and the arrays `[T, B]`, zero at masked steps; `values`
+        `[T + 1, B]`; a bootstrap `[B]`), skipping masked steps in its carry and returning 0
+        there. None: the batch-major layout moves each row's valid steps to its end instead
+        (n-step returns, whose windows count steps, have no masked scan).
     """
 
     arrays: tuple[tuple[str, Kind], ...]
     core: Callable[..., jax.Array]
     static: tuple[str, ...] = ()
+    masked_core: Callable[..., jax.Array] | None = None
 
 
 _RECURSIONS: dict[Callable, Recursion] = {}
@@ -82,7 +90,7 @@ def with_layouts(recursion: Recursion):
 
 def _check(recursion: Recursion, fn: str, args: dict, rank: int, time_axis: int) -> tuple:
     """Checks the array arguments of one call; returns the shape of the reference sequence."""
-    sequences = {name: args[name] for name, kind in recursion.arrays if kind == "sequence"}
+    sequences = {name: args[name] for name, kind in recursion.arrays if kind in ("reward", "value")}
     for name, value in sequences.items():
         check_rank(value, name, rank, fn=fn)
     check_floating(sequences, fn=fn)
@@ -172,24 +180,64 @@ def apply(
         )
         return maybe_stop(out, stop_target_gradients)
 
-    valid = None if mask is None else jnp.asarray(mask) != 0
-    order, inverse = (None, None) if valid is None else _permutations(valid)
+    if mask is None:
+        columns = [x.T if x.ndim == 2 else x for x in arrays.values()]
+        out = recursion.core(*columns, unroll=unroll, in_place=True, **static)
+        return maybe_stop(out.T, stop_target_gradients)
+    valid = jnp.asarray(mask) != 0
+    if recursion.masked_core is None:
+        columns, restore = _compact(valid, arrays, kinds)
+        out = restore(recursion.core(*columns, unroll=unroll, in_place=True, **static).T)
+        return maybe_stop(jnp.where(valid, out, 0.0), stop_target_gradients)
+    columns = [_masked_column(valid, x, kinds[name], shape) for name, x in arrays.items()]
+    out = recursion.masked_core(valid.T, *columns, unroll=unroll, **static)
+    return maybe_stop(out.T, stop_target_gradients)
 
-    def to_time_major(name, x):
-        if x.ndim < 2:  # scalar, or a [B] bootstrap
-            return x
-        if valid is None:
-            return x.T
-        if kinds[name] == "values":
-            steps = jnp.take_along_axis(jnp.where(valid, x[:, :-1], 0.0), order, axis=1)
-            return jnp.concatenate([steps, x[:, -1:]], axis=1).T
+
+def _last_valid(valid: jax.Array, x: jax.Array) -> jax.Array:
+    """`[B]`: each row's entry of `x` (`[B, T]`, zero where masked) at its last valid step."""
+    steps = jnp.arange(valid.shape[1])[None, :]
+    last = jnp.max(jnp.where(valid, steps, -1), axis=1, keepdims=True)
+    return jnp.sum(jnp.where(steps == last, x, 0.0), axis=1)
+
+
+def _masked_column(valid, x, kind: Kind, shape: tuple):
+    """One argument of a masked core: time-major, broadcast, zero at masked steps.
+
+    `values` keep their last column (the bootstrap) as row T; a bootstrap becomes `[B]` (a
+    `[B, T]` one is read at each row's last valid step).
+    """
+    if kind == "values":
+        steps = jnp.where(valid, x[:, :-1], 0.0).T
+        return jnp.concatenate([steps, x[None, :, -1]])
+    if kind == "bootstrap":
+        if x.ndim == 2:
+            return _last_valid(valid, jnp.where(valid, x, 0.0))
+        return jnp.broadcast_to(x, shape[:1])
+    return jnp.where(valid, jnp.broadcast_to(x, shape), 0.0).T
+
+
+def _compact(valid, arrays: dict, kinds: dict):
+    """Batch-major masking by compaction: each row's valid steps move, in order, to its end.
+
+    A reverse recursion reads the valid steps first and the (zeroed) masked ones after them, so
+    these never reach a valid step. Returns the time-major arrays and the map from time-major
+    results back to rows (the inverse permutation).
+    """
+    order, inverse = _permutations(valid)
+
+    def compact(x):
         return jnp.take_along_axis(jnp.where(valid, x, 0.0), order, axis=1).T
 
-    columns = [to_time_major(name, x) for name, x in arrays.items()]
-    out = recursion.core(*columns, unroll=unroll, in_place=True, **static).T
-    if valid is not None:
-        out = jnp.where(valid, jnp.take_along_axis(out, inverse, axis=1), 0.0)
-    return maybe_stop(out, stop_target_gradients)
+    columns = []
+    for name, x in arrays.items():
+        if x.ndim < 2:
+            columns.append(x)
+        elif kinds[name] == "values":
+            columns.append(jnp.concatenate([compact(x[:, :-1]), x[None, :, -1]]))
+        else:
+            columns.append(compact(x))
+    return columns, lambda out: jnp.take_along_axis(out, inverse, axis=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,8 +343,9 @@ def batch_major(fn: Callable) -> Callable:
     contributes nothing, the recursion runs through masked gaps as if they were absent (the last
     valid step bootstraps as the last step of a trajectory; `values[:, T]` is the value after it),
     values at masked positions never reach the result or its gradients even if they are NaN, and
-    a fully masked row gives zeros with zero (finite) gradients. The rows are compacted by a
-    permutation and run by the time-major scan (`time_major`).
+    a fully masked row gives zeros with zero (finite) gradients. The rows run, time-major, as
+    one scan whose carry skips masked steps (n-step returns: compacted by a permutation and run
+    by the time-major loop); without a mask, as the time-major loop.
 
     Args:
       fn: `jaxpref.bellman.lambda_returns`, `discounted_returns`, `n_step_bootstrapped_returns`

@@ -20,6 +20,9 @@ from jaxpref.bellman._recursions import (
     scan_discounted_returns,
     scan_gae,
     scan_lambda_returns,
+    scan_masked_discounted_returns,
+    scan_masked_gae,
+    scan_masked_lambda_returns,
     scan_n_step,
 )
 
@@ -48,22 +51,24 @@ def _n_step_core(r_t, discount_t, v_t, lambda_t, *, n: int, unroll: int, in_plac
 
 _LAMBDA_RETURNS = Recursion(
     arrays=(
-        ("r_t", "sequence"),
+        ("r_t", "reward"),
         ("discount_t", "discount"),
-        ("v_t", "sequence"),
+        ("v_t", "value"),
         ("lambda_", "trace"),
     ),
     core=scan_lambda_returns,
+    masked_core=scan_masked_lambda_returns,
 )
 _DISCOUNTED_RETURNS = Recursion(
-    arrays=(("r_t", "sequence"), ("discount_t", "discount"), ("v_t", "bootstrap")),
+    arrays=(("r_t", "reward"), ("discount_t", "discount"), ("v_t", "bootstrap")),
     core=_discounted_returns_core,
+    masked_core=scan_masked_discounted_returns,
 )
 _N_STEP_BOOTSTRAPPED_RETURNS = Recursion(
     arrays=(
-        ("r_t", "sequence"),
+        ("r_t", "reward"),
         ("discount_t", "discount"),
-        ("v_t", "sequence"),
+        ("v_t", "value"),
         ("lambda_t", "trace"),
     ),
     core=_n_step_core,
@@ -71,12 +76,13 @@ _N_STEP_BOOTSTRAPPED_RETURNS = Recursion(
 )
 _GAE = Recursion(
     arrays=(
-        ("r_t", "sequence"),
+        ("r_t", "reward"),
         ("discount_t", "discount"),
         ("lambda_", "trace"),
         ("values", "values"),
     ),
     core=scan_gae,
+    masked_core=scan_masked_gae,
 )
 
 

@@ -335,16 +335,3 @@ def test_transforms_reject_other_functions():
             jb.time_major(fn)
         with pytest.raises(TypeError, match=r"batch_major: expected one of"):
             jb.batch_major(fn)
-
-
-def test_batch_major_takes_the_in_place_path():
-    z = jnp.zeros((B, T))
-
-    def primitives(unroll):
-        jaxpr = jax.make_jaxpr(
-            lambda r: gae_bm(r, z, 0.9, jnp.zeros((B, T + 1)), unroll=unroll, mask=z)
-        )(z)
-        return {str(eqn.primitive) for eqn in jaxpr.eqns}
-
-    assert "custom_jvp_call" in primitives(1) and "scan" not in primitives(1)
-    assert "scan" in primitives(2)
