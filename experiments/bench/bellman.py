@@ -8,7 +8,7 @@ the same machine load:
    benchmarks (the bound below uses the first reading) and interleaved with the soft value
    iteration runs.
 2. **GAE and lambda-returns** on a time-major `[T, B] = [1024, 256]` float32 rollout with episode
-   ends: `jaxpref.bellman.*_time_major` (one reverse loop over `[T, B]`; on CPU it overwrites the
+   ends: `jaxpref.bellman.time_major(fn)` (one reverse loop over `[T, B]`; on CPU it overwrites the
    TD errors, or a copy of the rewards, in place instead of stacking scan outputs) vs `rlax` (the
    `[T]` function `jax.vmap`-ed over B) vs a NumPy loop over time vectorised over B. Reported:
    median milliseconds, the speed ratios `rlax / jaxpref` and `numpy / jaxpref` (> 1 means
@@ -132,7 +132,7 @@ def numpy_lambda_returns(r, d, v, lam):
 
 
 def returns_functions(lam: float, unroll: int | None = None):
-    """Jitted GAE and lambda-return functions: jaxpref (time-major scan) and the baseline.
+    """Jitted GAE and lambda-return functions: jaxpref (`time_major`) and the baseline.
 
     The baseline is rlax's `[T]` function `jax.vmap`-ed over B. Where rlax is not installed it is
     jaxpref's own single-trajectory function vmapped the same way (labelled `vmapped_single`).
@@ -152,19 +152,15 @@ def returns_functions(lam: float, unroll: int | None = None):
             jb.lambda_returns,
         )
     over_b = dict(in_axes=1, out_axes=1)
+    gae_tm = jb.time_major(jb.truncated_generalized_advantage_estimation)
+    lambda_returns_tm = jb.time_major(jb.lambda_returns)
     return {
         "gae": {
-            "jaxpref": jax.jit(
-                lambda r, d, v: jb.truncated_generalized_advantage_estimation_time_major(
-                    r, d, lam, v, unroll=unroll
-                )
-            ),
+            "jaxpref": jax.jit(lambda r, d, v: gae_tm(r, d, lam, v, unroll=unroll)),
             baseline: jax.jit(jax.vmap(lambda r, d, v: gae(r, d, lam, v), **over_b)),
         },
         "lambda_returns": {
-            "jaxpref": jax.jit(
-                lambda r, d, v: jb.lambda_returns_time_major(r, d, v, lam, unroll=unroll)
-            ),
+            "jaxpref": jax.jit(lambda r, d, v: lambda_returns_tm(r, d, v, lam, unroll=unroll)),
             baseline: jax.jit(jax.vmap(lambda r, d, v: lambda_returns(r, d, v, lam), **over_b)),
         },
     }

@@ -1,500 +1,389 @@
-"""Returns and advantages in two layouts: time-major `[T, B]` rollouts, masked batch-major `[B, T]`.
+"""Layouts of the return and advantage functions: one trajectory, `[T, B]` rollouts, `[B, T]` rows.
 
-Time-major functions scan the `[T, B]` arrays directly (one reverse loop whose carry is a `[B]`
-vector, run in place over the TD errors or a copy of the rewards when not unrolled; see
-`_recursions`) and equal `jax.vmap` of the single-trajectory function over axis 1. Their arguments
-follow the single-trajectory functions exactly, with an extra trailing batch axis.
+Each return or advantage function of `_multistep` is written once, for one trajectory `[T]`, with
+a `Recursion`: which of its arguments are rewards, values, discounts, traces, state values or
+bootstrap values, and which reverse-scan cores of `_recursions` compute it. `apply` checks and
+casts the arguments of a call in one of three layouts and runs a core:
 
-Batch-major functions are the language-model case: rows are sequences, and `mask` (`[B, T]`,
-nonzero = valid) marks the steps that exist (completion tokens). Masked steps are removed from
-the trajectory: the result equals compacting each row to its valid steps, applying the
-single-trajectory function, and scattering back, with 0 at masked steps. So padding anywhere
-(left, right or in the middle) contributes nothing, the recursion runs through masked gaps as if
-they were absent, and a fully masked row gives zeros with zero (finite) gradients. Values held at
-masked positions never reach the result, even if they are NaN.
+- `"single"`: one trajectory `[T]` (the public functions themselves; rlax's semantics). The core
+  is the stacked `lax.scan`, which `jax.vmap` batches over any axis.
+- `"time_major"`: rollouts `[T, B]` (`time_major(fn)`). The same core scans the `[T, B]` arrays
+  directly; without unrolling it runs in place (`_recursions`), 1.1-1.6x faster than vmapping
+  the scan. Equals `jax.vmap(fn, in_axes=1, out_axes=1)`.
+- `"batch_major"`: language-model rows `[B, T]` with a mask (`batch_major(fn)`). The rows are
+  transposed, zeroed at masked steps, and run by the function's masked scan, whose carry skips
+  masked steps. n-step returns, whose windows count steps, have no masked scan: each row's
+  valid steps are moved, in order, to the end of the row by a permutation, the time-major core
+  runs, and the results are permuted back. Both give exactly the result of compacting each row,
+  applying `fn` and scattering back, with 0 at masked steps.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import inspect
+from collections.abc import Callable
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.typing import ArrayLike
 
 from jaxpref._checks import check_floating, check_int, check_rank, check_same_shape
-from jaxpref.bellman._args import check_per_step, check_sequences, floats, maybe_stop
-from jaxpref.bellman._recursions import (
-    resolve_unroll,
-    scan_discounted_returns,
-    scan_gae,
-    scan_lambda_returns,
-    scan_n_step,
-)
+from jaxpref.bellman._args import check_per_step, floats, maybe_stop
+from jaxpref.bellman._recursions import resolve_unroll
 
-__all__ = [
-    "discounted_returns_batch_major",
-    "discounted_returns_time_major",
-    "lambda_returns_batch_major",
-    "lambda_returns_time_major",
-    "n_step_bootstrapped_returns_time_major",
-    "truncated_generalized_advantage_estimation_batch_major",
-    "truncated_generalized_advantage_estimation_time_major",
-]
+__all__ = ["batch_major", "time_major"]
+
+Layout = Literal["single", "time_major", "batch_major"]
+
+Kind = Literal["reward", "value", "discount", "trace", "values", "bootstrap"]
+"""How a recursion reads one argument (shapes for one trajectory of length T):
+
+- `"reward"`: a floating `[T]` array (`r_t`), the shape reference.
+- `"value"`: a floating `[T]` array of values of the states reached (`v_t`); the last step
+  bootstraps from its own value.
+- `"discount"`: a scalar or `[T]` (`discount_t`), broadcast to `[T]`.
+- `"trace"`: a scalar or `[T]` (`lambda_`); a scalar stays a scalar (a loop invariant).
+- `"values"`: a floating `[T + 1]` array of state values, the last one the bootstrap.
+- `"bootstrap"`: a scalar, or `[T]` of which only the last step is used (`discounted_returns`).
+"""
+
+
+class Recursion(NamedTuple):
+    """A return or advantage function of one trajectory, as the layouts see it.
+
+    Attributes:
+      arrays: `(name, kind)` of the array arguments, in signature order (see `Kind`).
+      core: `core(*arrays, unroll=, in_place=, **static)`: the result `[T, ...]` from float
+        arrays with time leading and any trailing batch axes (scalars stay scalars, except
+        discounts, which are broadcast).
+      static: names of Python int arguments (>= 1) passed to `core` by name (`n`).
+      masked_core: `masked_core(valid, *arrays, unroll=, **static)`: the recursion over masked
+        rows, time-major (`valid` and the arrays `[T, B]`, zero at masked steps; `values`
+        `[T + 1, B]`; a bootstrap `[B]`), skipping masked steps in its carry and returning 0
+        there. None: the batch-major layout moves each row's valid steps to its end instead
+        (n-step returns, whose windows count steps, have no masked scan).
+    """
+
+    arrays: tuple[tuple[str, Kind], ...]
+    core: Callable[..., jax.Array]
+    static: tuple[str, ...] = ()
+    masked_core: Callable[..., jax.Array] | None = None
+
+
+_RECURSIONS: dict[Callable, Recursion] = {}
+
+
+def with_layouts(recursion: Recursion):
+    """Decorator: registers a single-trajectory function's `Recursion` for the layout transforms."""
+
+    def register(fn):
+        _RECURSIONS[fn] = recursion
+        return fn
+
+    return register
 
 
 # --------------------------------------------------------------------------------------------
-# Time-major [T, B].
+# Checks, casts and the three layouts.
 # --------------------------------------------------------------------------------------------
 
 
-def lambda_returns_time_major(
-    r_t: ArrayLike,
-    discount_t: ArrayLike,
-    v_t: ArrayLike,
-    lambda_: ArrayLike = 1.0,
-    stop_target_gradients: bool = False,
+def _check(recursion: Recursion, fn: str, args: dict, rank: int, time_axis: int) -> tuple:
+    """Checks the array arguments of one call; returns the shape of the reference sequence."""
+    sequences = {name: args[name] for name, kind in recursion.arrays if kind in ("reward", "value")}
+    for name, value in sequences.items():
+        check_rank(value, name, rank, fn=fn)
+    check_floating(sequences, fn=fn)
+    reference = next(iter(sequences))
+    shape = check_same_shape(sequences, reference, fn=fn)
+    batch = shape[:time_axis] + shape[time_axis + 1 :]
+    for name, kind in recursion.arrays:
+        value = args[name]
+        if kind in ("discount", "trace"):
+            check_rank(value, name, (0, rank), fn=fn)
+            check_per_step(value, name, shape, reference=reference, fn=fn)
+            if kind == "discount" and jnp.ndim(value):
+                check_floating({name: value}, fn=fn)
+        elif kind == "values":
+            check_rank(value, name, rank, fn=fn)
+            check_floating({name: value}, fn=fn)
+            want = list(shape)
+            want[time_axis] += 1
+            if tuple(jnp.shape(value)) != tuple(want):
+                raise ValueError(
+                    f"{fn}: `{name}` must have shape {tuple(want)} (one more step than "
+                    f"`{reference}` {shape}), got {tuple(jnp.shape(value))}."
+                )
+        elif kind == "bootstrap":
+            check_rank(value, name, sorted({0, rank - 1, rank}), fn=fn)
+            got = tuple(jnp.shape(value))
+            if len(got) == rank:
+                check_per_step(value, name, shape, reference=reference, fn=fn)
+            elif got and got != batch:
+                raise ValueError(
+                    f"{fn}: `{name}` of rank {len(got)} must have shape {batch} (the batch axis "
+                    f"of `{reference}` {shape}), got {got}."
+                )
+    return shape
+
+
+def _permutations(valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`(order, inverse)` of `[B, T]` rows moving the valid steps, in order, to the row's end.
+
+    `take_along_axis(x, order, 1)` compacts (masked steps first, then the valid ones) and
+    `take_along_axis(y, inverse, 1)` puts each step back where it came from.
+    """
+    length = valid.shape[1]
+    n_valid = jnp.sum(valid, axis=1, keepdims=True, dtype=jnp.int32)
+    seen_valid = jnp.cumsum(valid, axis=1, dtype=jnp.int32)
+    seen_masked = jnp.cumsum(~valid, axis=1, dtype=jnp.int32)
+    inverse = jnp.where(valid, length - n_valid + seen_valid, seen_masked) - 1
+    rows = jnp.arange(valid.shape[0])[:, None]
+    steps = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), valid.shape)
+    order = jnp.zeros_like(inverse).at[rows, inverse].set(steps, unique_indices=True)
+    return order, inverse
+
+
+def apply(
+    recursion: Recursion,
+    fn: str,
+    args: dict,
     *,
+    layout: Layout,
+    stop_target_gradients: bool = False,
     unroll: int | None = None,
+    mask=None,
 ) -> jax.Array:
-    r"""`lambda_returns` of a time-major rollout `[T, B]`, scanned over time in one pass.
+    """Runs `recursion` on the arguments `args` (by name) of one call in `layout`.
 
-        G_t = r_t + discount_t * ((1 - lambda_t) * v_t + lambda_t * G_{t+1}),   G_T = v_{T-1}
+    `fn` names the caller in error messages. `mask` (`[B, T]`, nonzero = valid) only applies to
+    the batch-major layout, where None means every step is valid.
+    """
+    rank, time_axis = (1, 0) if layout == "single" else (2, 1 if layout == "batch_major" else 0)
+    shape = _check(recursion, fn, args, rank, time_axis)
+    if layout == "batch_major" and mask is not None:
+        check_same_shape({"r_t": args["r_t"], "mask": mask}, "r_t", fn=fn)
+    static = {name: args[name] for name in recursion.static}
+    for name, value in static.items():
+        check_int(value, name, minimum=1, fn=fn)
+    unroll = resolve_unroll(fn, unroll)
+    names = [name for name, _ in recursion.arrays]
+    kinds = dict(recursion.arrays)
+    arrays = dict(zip(names, floats(*(args[name] for name in names)), strict=True))
+    for name, kind in recursion.arrays:
+        if kind == "discount":
+            arrays[name] = jnp.broadcast_to(arrays[name], shape)
 
-    Equals `jax.vmap(lambda_returns, in_axes=1, out_axes=1)` on the same arrays.
+    if layout != "batch_major":
+        out = recursion.core(
+            *arrays.values(), unroll=unroll, in_place=layout == "time_major", **static
+        )
+        return maybe_stop(out, stop_target_gradients)
+
+    if mask is None:
+        columns = [x.T if x.ndim == 2 else x for x in arrays.values()]
+        out = recursion.core(*columns, unroll=unroll, in_place=True, **static)
+        return maybe_stop(out.T, stop_target_gradients)
+    valid = jnp.asarray(mask) != 0
+    if recursion.masked_core is None:
+        columns, restore = _compact(valid, arrays, kinds)
+        out = restore(recursion.core(*columns, unroll=unroll, in_place=True, **static).T)
+        return maybe_stop(jnp.where(valid, out, 0.0), stop_target_gradients)
+    columns = [_masked_column(valid, x, kinds[name], shape) for name, x in arrays.items()]
+    out = recursion.masked_core(valid.T, *columns, unroll=unroll, **static)
+    return maybe_stop(out.T, stop_target_gradients)
+
+
+def _last_valid(valid: jax.Array, x: jax.Array) -> jax.Array:
+    """`[B]`: each row's entry of `x` (`[B, T]`, zero where masked) at its last valid step."""
+    steps = jnp.arange(valid.shape[1])[None, :]
+    last = jnp.max(jnp.where(valid, steps, -1), axis=1, keepdims=True)
+    return jnp.sum(jnp.where(steps == last, x, 0.0), axis=1)
+
+
+def _masked_column(valid, x, kind: Kind, shape: tuple):
+    """One argument of a masked core: time-major, broadcast, zero at masked steps.
+
+    `values` keep their last column (the bootstrap) as row T; a bootstrap becomes `[B]` (a
+    `[B, T]` one is read at each row's last valid step).
+    """
+    if kind == "values":
+        steps = jnp.where(valid, x[:, :-1], 0.0).T
+        return jnp.concatenate([steps, x[None, :, -1]])
+    if kind == "bootstrap":
+        if x.ndim == 2:
+            return _last_valid(valid, jnp.where(valid, x, 0.0))
+        return jnp.broadcast_to(x, shape[:1])
+    return jnp.where(valid, jnp.broadcast_to(x, shape), 0.0).T
+
+
+def _compact(valid, arrays: dict, kinds: dict):
+    """Batch-major masking by compaction: each row's valid steps move, in order, to its end.
+
+    A reverse recursion reads the valid steps first and the (zeroed) masked ones after them, so
+    these never reach a valid step. Returns the time-major arrays and the map from time-major
+    results back to rows (the inverse permutation).
+    """
+    order, inverse = _permutations(valid)
+
+    def compact(x):
+        return jnp.take_along_axis(jnp.where(valid, x, 0.0), order, axis=1).T
+
+    columns = []
+    for name, x in arrays.items():
+        if x.ndim < 2:
+            columns.append(x)
+        elif kinds[name] == "values":
+            columns.append(jnp.concatenate([compact(x[:, :-1]), x[None, :, -1]]))
+        else:
+            columns.append(compact(x))
+    return columns, lambda out: jnp.take_along_axis(out, inverse, axis=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Public layout transforms.
+# --------------------------------------------------------------------------------------------
+
+
+def _recursion_of(fn: Callable, transform: str) -> Recursion:
+    try:
+        return _RECURSIONS[fn]
+    except (KeyError, TypeError):
+        names = ", ".join(sorted(f.__name__ for f in _RECURSIONS))
+        raise TypeError(
+            f"{transform}: expected one of the return and advantage functions of "
+            f"jaxpref.bellman ({names}), got {fn!r}. Other per-trajectory functions batch with "
+            f"`jax.vmap`."
+        ) from None
+
+
+def _arguments(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict:
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+def _call(recursion: Recursion, name: str, arguments: dict, layout: Layout, mask=None):
+    stop = arguments.pop("stop_target_gradients", False)
+    unroll = arguments.pop("unroll", None)
+    return apply(
+        recursion,
+        name,
+        arguments,
+        layout=layout,
+        stop_target_gradients=stop,
+        unroll=unroll,
+        mask=mask,
+    )
+
+
+def time_major(fn: Callable) -> Callable:
+    r"""A return or advantage function of one trajectory, applied to time-major rollouts `[T, B]`.
+
+        time_major(fn)(*args) == jax.vmap(fn, in_axes=1, out_axes=1)(*args)
+
+    for `fn` one of `lambda_returns`, `discounted_returns`, `n_step_bootstrapped_returns` and
+    `truncated_generalized_advantage_estimation`. The returned function has `fn`'s signature,
+    names and defaults; every `[T]` of `fn` reads `[T, B]` (`values`: `[T + 1, B]`; the bootstrap
+    `v_t` of `discounted_returns`: a scalar, `[B]` or `[T, B]`), and scalars (discounts, lambda)
+    stay scalars. Instead of vmapping the single-trajectory scan it scans the `[T, B]` arrays
+    directly, carrying a `[B]` vector; without unrolling (`unroll=1`, the CPU default) the loop
+    overwrites the TD errors, or a copy of the rewards, in place, 1.1-1.6x faster than `jax.vmap`
+    of the single-trajectory function on `[1024, 256]` (`experiments/bench/bellman.py`).
 
     Args:
-      r_t: `[T, B]` rewards.
-      discount_t: `[T, B]` discounts (0 at episode ends).
-      v_t: `[T, B]` bootstrap values of the states reached.
-      lambda_: scalar or `[T, B]` mixing parameter.
-      stop_target_gradients: if True, no gradient flows through the returns.
-      unroll: loop unroll factor, a speed knob (results agree to float rounding); None picks 1
-        on CPU and 32 on accelerators. With 1 the loop overwrites a copy of `r_t` in place.
+      fn: `jaxpref.bellman.lambda_returns`, `discounted_returns`, `n_step_bootstrapped_returns`
+        or `truncated_generalized_advantage_estimation`.
 
     Returns:
-      `[T, B]` lambda-returns.
+      `fn` over `[T, B]` arrays, returning `[T, B]`.
 
     References:
-      Sutton and Barto, "Reinforcement Learning: An Introduction", 2nd ed., ch. 12.
+      Sutton and Barto, "Reinforcement Learning: An Introduction", 2nd ed., ch. 7 and 12;
+      Schulman et al., arXiv:1506.02438 (GAE).
 
     Example:
       >>> import jax.numpy as jnp
-      >>> g = lambda_returns_time_major(jnp.ones((2, 3)), jnp.full((2, 3), 0.5),
-      ...                               jnp.full((2, 3), 2.0), 0.0)
+      >>> from jaxpref.bellman import lambda_returns
+      >>> g = time_major(lambda_returns)(jnp.ones((2, 3)), jnp.full((2, 3), 0.5),
+      ...                                jnp.full((2, 3), 2.0), 0.0)
       >>> print(g[:, 0].tolist())  # one-step targets 1 + 0.5 * 2
       [2.0, 2.0]
     """
-    fn = "lambda_returns_time_major"
-    shape = check_sequences({"r_t": r_t, "discount_t": discount_t, "v_t": v_t}, 2, fn=fn)
-    check_rank(lambda_, "lambda_", (0, 2), fn=fn)
-    check_per_step(lambda_, "lambda_", shape, fn=fn)
-    r_t, discount_t, v_t, lambda_ = floats(r_t, discount_t, v_t, lambda_)
-    returns = scan_lambda_returns(
-        r_t, discount_t, v_t, lambda_, unroll=resolve_unroll(fn, unroll), in_place=True
+    recursion = _recursion_of(fn, "time_major")
+    signature = inspect.signature(fn)
+    name = f"time_major({fn.__name__})"
+
+    def over_rollouts(*args, **kwargs):
+        return _call(recursion, name, _arguments(signature, args, kwargs), "time_major")
+
+    over_rollouts.__name__ = over_rollouts.__qualname__ = name
+    over_rollouts.__signature__ = signature
+    over_rollouts.__wrapped__ = fn
+    over_rollouts.__doc__ = (
+        f"`{fn.__name__}` of time-major rollouts `[T, B]` (see `jaxpref.bellman.time_major`); "
+        f"every `[T]` below reads `[T, B]`.\n\n{inspect.getdoc(fn)}"
     )
-    return maybe_stop(returns, stop_target_gradients)
+    return over_rollouts
 
 
-def discounted_returns_time_major(
-    r_t: ArrayLike,
-    discount_t: ArrayLike,
-    v_t: ArrayLike,
-    stop_target_gradients: bool = False,
-    *,
-    unroll: int | None = None,
-) -> jax.Array:
-    r"""`discounted_returns` of a time-major rollout `[T, B]`.
+def batch_major(fn: Callable) -> Callable:
+    r"""A return or advantage function of one trajectory, applied to masked rows `[B, T]`.
 
-        G_t = r_t + discount_t * G_{t+1},   G_T = bootstrap
+        batch_major(fn)(*args, mask=mask)[b] == scatter(fn(*compact(args[b], mask[b])), mask[b])
+
+    for `fn` one of `lambda_returns`, `discounted_returns`, `n_step_bootstrapped_returns` and
+    `truncated_generalized_advantage_estimation`. The returned function has `fn`'s signature plus
+    a keyword-only `mask`; every `[T]` of `fn` reads `[B, T]` (`values`: `[B, T + 1]`; the
+    bootstrap `v_t` of `discounted_returns`: a scalar, `[B]` or `[B, T]`), and scalars stay
+    scalars. Rows are language-model sequences and `mask` (`[B, T]`, nonzero = valid; None: all
+    valid) marks the steps that exist (completion tokens). Masked steps are removed from the
+    trajectory: the result equals compacting each row to its valid steps, applying `fn`, and
+    scattering back, with 0 at masked steps. So padding anywhere (left, right or in the middle)
+    contributes nothing, the recursion runs through masked gaps as if they were absent (the last
+    valid step bootstraps as the last step of a trajectory; `values[:, T]` is the value after it),
+    values at masked positions never reach the result or its gradients even if they are NaN, and
+    a fully masked row gives zeros with zero (finite) gradients. The rows run, time-major, as
+    one scan whose carry skips masked steps (n-step returns: compacted by a permutation and run
+    by the time-major loop); without a mask, as the time-major loop.
 
     Args:
-      r_t: `[T, B]` rewards.
-      discount_t: `[T, B]` discounts (0 at episode ends).
-      v_t: bootstrap values: a scalar, `[B]`, or `[T, B]` (of which only row `T - 1` is used).
-      stop_target_gradients: if True, no gradient flows through the returns.
-      unroll: loop unroll factor (None: 1 on CPU, 32 on accelerators); with 1 the loop
-        overwrites a copy of `r_t` in place.
+      fn: `jaxpref.bellman.lambda_returns`, `discounted_returns`, `n_step_bootstrapped_returns`
+        or `truncated_generalized_advantage_estimation`.
 
     Returns:
-      `[T, B]` discounted returns.
+      `fn` over `[B, T]` arrays with a keyword-only `mask`, returning `[B, T]`, 0 at masked
+      steps.
 
     References:
-      Sutton and Barto, "Reinforcement Learning: An Introduction", 2nd ed., sec. 3.3.
+      Sutton and Barto, "Reinforcement Learning: An Introduction", 2nd ed., ch. 7 and 12;
+      Schulman et al., arXiv:1506.02438 (GAE).
 
     Example:
       >>> import jax.numpy as jnp
-      >>> g = discounted_returns_time_major(jnp.ones((3, 2)), jnp.full((3, 2), 0.5),
-      ...                                   jnp.array([0.0, 8.0]))
-      >>> print(g[:, 1].tolist())  # 1 + .5 * 8 = 5, 1 + .5 * 5, ...
-      [2.75, 3.5, 5.0]
-    """
-    fn = "discounted_returns_time_major"
-    shape = check_sequences({"r_t": r_t, "discount_t": discount_t}, 2, fn=fn)
-    check_rank(v_t, "v_t", (0, 1, 2), fn=fn)
-    if jnp.ndim(v_t) == 2:
-        check_per_step(v_t, "v_t", shape, fn=fn)
-    elif jnp.ndim(v_t) == 1 and tuple(jnp.shape(v_t)) != shape[1:]:
-        raise ValueError(
-            f"{fn}: `v_t` of rank 1 must have shape {shape[1:]} (the batch axis of `r_t` "
-            f"{shape}), got {tuple(jnp.shape(v_t))}."
-        )
-    r_t, discount_t, v_t = floats(r_t, discount_t, v_t)
-    bootstrap = v_t[-1] if v_t.ndim == 2 else jnp.broadcast_to(v_t, shape[1:])
-    returns = scan_discounted_returns(
-        r_t, discount_t, bootstrap, unroll=resolve_unroll(fn, unroll), in_place=True
-    )
-    return maybe_stop(returns, stop_target_gradients)
-
-
-def n_step_bootstrapped_returns_time_major(
-    r_t: ArrayLike,
-    discount_t: ArrayLike,
-    v_t: ArrayLike,
-    n: int,
-    lambda_t: ArrayLike = 1.0,
-    stop_target_gradients: bool = False,
-) -> jax.Array:
-    r"""`n_step_bootstrapped_returns` of a time-major rollout `[T, B]`.
-
-        G_t^(n) = r_t + d_t (r_{t+1} + ... + d_{t+n-1} v_{t+n-1})
-
-    Args:
-      r_t: `[T, B]` rewards.
-      discount_t: `[T, B]` discounts (0 at episode ends).
-      v_t: `[T, B]` bootstrap values.
-      n: number of rewards to accumulate (>= 1).
-      lambda_t: scalar or `[T, B]` mixing parameter.
-      stop_target_gradients: if True, no gradient flows through the returns.
-
-    Returns:
-      `[T, B]` n-step returns.
-
-    References:
-      Sutton and Barto, "Reinforcement Learning: An Introduction", 2nd ed., sec. 7.1.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> g = n_step_bootstrapped_returns_time_major(jnp.ones((3, 1)), jnp.ones((3, 1)),
-      ...                                            jnp.full((3, 1), 10.0), 2)
-      >>> print(g[:, 0].tolist())
-      [12.0, 12.0, 11.0]
-    """
-    fn = "n_step_bootstrapped_returns_time_major"
-    shape = check_sequences({"r_t": r_t, "discount_t": discount_t, "v_t": v_t}, 2, fn=fn)
-    check_rank(lambda_t, "lambda_t", (0, 2), fn=fn)
-    check_per_step(lambda_t, "lambda_t", shape, fn=fn)
-    check_int(n, "n", minimum=1, fn=fn)
-    r_t, discount_t, v_t, lambda_t = floats(r_t, discount_t, v_t, lambda_t)
-    returns = scan_n_step(r_t, discount_t, v_t, n, lambda_t)
-    return maybe_stop(returns, stop_target_gradients)
-
-
-def truncated_generalized_advantage_estimation_time_major(
-    r_t: ArrayLike,
-    discount_t: ArrayLike,
-    lambda_: ArrayLike,
-    values: ArrayLike,
-    stop_target_gradients: bool = False,
-    *,
-    unroll: int | None = None,
-) -> jax.Array:
-    r"""`truncated_generalized_advantage_estimation` of a time-major rollout `[T, B]`.
-
-        A_t = delta_t + discount_t * lambda_t * A_{t+1},   delta_t = r_t + d_t v_{t+1} - v_t
-
-    Args:
-      r_t: `[T, B]` rewards.
-      discount_t: `[T, B]` discounts (0 at episode ends).
-      lambda_: scalar or `[T, B]` mixing parameter.
-      values: `[T + 1, B]` state values, the last row being the bootstrap.
-      stop_target_gradients: if True, no gradient flows through the advantages.
-      unroll: loop unroll factor (None: 1 on CPU, 32 on accelerators); with 1 the loop
-        overwrites the TD errors in place.
-
-    Returns:
-      `[T, B]` advantages.
-
-    References:
-      Schulman et al., "High-Dimensional Continuous Control Using Generalized Advantage
-      Estimation", arXiv:1506.02438.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> a = truncated_generalized_advantage_estimation_time_major(
-      ...     jnp.ones((2, 1)), jnp.ones((2, 1)), 0.5, jnp.array([[0.0], [1.0], [2.0]]))
-      >>> print(a[:, 0].tolist())
-      [3.0, 2.0]
-    """
-    fn = "truncated_generalized_advantage_estimation_time_major"
-    shape = check_sequences({"r_t": r_t, "discount_t": discount_t}, 2, fn=fn)
-    check_rank(values, "values", 2, fn=fn)
-    check_floating({"values": values}, fn=fn)
-    if tuple(jnp.shape(values)) != (shape[0] + 1, shape[1]):
-        raise ValueError(
-            f"{fn}: `values` must have shape {(shape[0] + 1, shape[1])} (one more step than "
-            f"`r_t` {shape}), got {tuple(jnp.shape(values))}."
-        )
-    check_rank(lambda_, "lambda_", (0, 2), fn=fn)
-    check_per_step(lambda_, "lambda_", shape, fn=fn)
-    r_t, discount_t, lambda_, values = floats(r_t, discount_t, lambda_, values)
-    advantages = scan_gae(
-        r_t, discount_t, lambda_, values, unroll=resolve_unroll(fn, unroll), in_place=True
-    )
-    return maybe_stop(advantages, stop_target_gradients)
-
-
-# --------------------------------------------------------------------------------------------
-# Batch-major [B, T] with a mask: masked steps are removed from the trajectory.
-# --------------------------------------------------------------------------------------------
-
-
-def _prepare_masked(fn: str, r_t, discount_t, mask, per_step: dict):
-    """Checks `[B, T]` inputs; returns time-major float arrays with masked entries zeroed."""
-    check_rank(r_t, "r_t", 2, fn=fn)
-    check_floating({"r_t": r_t}, fn=fn)
-    shape = tuple(jnp.shape(r_t))
-    check_same_shape({"r_t": r_t, "mask": mask}, "r_t", fn=fn)
-    scalars_ok = {"discount_t": discount_t, **per_step}
-    for name, value in scalars_ok.items():
-        check_rank(value, name, (0, 2), fn=fn)
-        check_per_step(value, name, shape, fn=fn)
-    valid = jnp.asarray(mask) != 0
-    arrays = floats(r_t, discount_t, *per_step.values())
-
-    def time_major(x):
-        x = jnp.where(valid, jnp.broadcast_to(x, shape), 0.0)
-        return x.T
-
-    return valid.T, [time_major(x) for x in arrays], shape
-
-
-class _MaskedReturnCarry(NamedTuple):
-    """Reverse-scan state over a masked row.
-
-    Attributes:
-      g: return of the next valid step (`G_{t+1}` of the compacted trajectory).
-      started: whether a valid step has been seen yet (scanning backwards); before that, the
-        bootstrap comes from the current step's own value, as for the last step of a trajectory.
-    """
-
-    g: jax.Array
-    started: jax.Array
-
-
-def _masked_lambda_return_step(carry: _MaskedReturnCarry, xs):
-    valid, r_t, discount_t, v_t, lambda_t = xs
-    g_next = jnp.where(carry.started, carry.g, v_t)
-    g = r_t + discount_t * ((1.0 - lambda_t) * v_t + lambda_t * g_next)
-    new = _MaskedReturnCarry(jnp.where(valid, g, carry.g), carry.started | valid)
-    return new, jnp.where(valid, g, 0.0)
-
-
-def lambda_returns_batch_major(
-    r_t: ArrayLike,
-    discount_t: ArrayLike,
-    v_t: ArrayLike,
-    mask: ArrayLike,
-    *,
-    lambda_: ArrayLike = 1.0,
-    stop_target_gradients: bool = False,
-    unroll: int | None = None,
-) -> jax.Array:
-    r"""`lambda_returns` of batch-major rows `[B, T]`, with masked steps removed.
-
-        G_t = r_t + discount_t * ((1 - lambda_t) * v_t + lambda_t * G_next(t)),  t valid
-
-    where `G_next(t)` is the return of the next valid step of the row, and the last valid step
-    bootstraps fully from its own `v_t`. Equals `lambda_returns` applied to each row compacted
-    to its valid steps, scattered back, with 0 at masked steps.
-
-    Args:
-      r_t: `[B, T]` rewards.
-      discount_t: scalar or `[B, T]` discounts (0 at episode ends).
-      v_t: `[B, T]` bootstrap values of the states reached (rlax convention: index t holds
-        `v(s_{t+1})`).
-      mask: `[B, T]` nonzero at valid steps.
-      lambda_: scalar or `[B, T]` mixing parameter.
-      stop_target_gradients: if True, no gradient flows through the returns.
-      unroll: `lax.scan` unroll factor (None: 1 on CPU, 32 on accelerators).
-
-    Returns:
-      `[B, T]` lambda-returns, 0 at masked steps.
-
-    References:
-      Sutton and Barto, "Reinforcement Learning: An Introduction", 2nd ed., ch. 12.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> g = lambda_returns_batch_major(jnp.array([[1.0, 9.0, 1.0]]), 1.0,
-      ...                                jnp.array([[0.0, 9.0, 5.0]]), jnp.array([[1, 0, 1]]))
+      >>> from jaxpref.bellman import lambda_returns
+      >>> g = batch_major(lambda_returns)(jnp.array([[1.0, 9.0, 1.0]]), 1.0,
+      ...                                 jnp.array([[0.0, 9.0, 5.0]]), mask=jnp.array([[1, 0, 1]]))
       >>> print(g[0].tolist())  # the middle step is skipped: (1 + 1 + 5, 0, 1 + 5)
       [7.0, 0.0, 6.0]
     """
-    fn = "lambda_returns_batch_major"
-    check_same_shape({"r_t": r_t, "v_t": v_t}, "r_t", fn=fn)
-    check_floating({"v_t": v_t}, fn=fn)
-    valid, (r, d, v, lam), shape = _prepare_masked(
-        fn, r_t, discount_t, mask, {"v_t": v_t, "lambda_": lambda_}
+    recursion = _recursion_of(fn, "batch_major")
+    signature = inspect.signature(fn)
+    mask_parameter = inspect.Parameter("mask", inspect.Parameter.KEYWORD_ONLY, default=None)
+    name = f"batch_major({fn.__name__})"
+
+    def over_rows(*args, mask=None, **kwargs):
+        arguments = _arguments(signature, args, kwargs)
+        return _call(recursion, name, arguments, "batch_major", mask)
+
+    over_rows.__name__ = over_rows.__qualname__ = name
+    over_rows.__signature__ = signature.replace(
+        parameters=[*signature.parameters.values(), mask_parameter]
     )
-    init = _MaskedReturnCarry(jnp.zeros(shape[:1], r.dtype), jnp.zeros(shape[:1], bool))
-    _, g = jax.lax.scan(
-        _masked_lambda_return_step,
-        init,
-        (valid, r, d, v, lam),
-        reverse=True,
-        unroll=resolve_unroll(fn, unroll),
+    over_rows.__wrapped__ = fn
+    over_rows.__doc__ = (
+        f"`{fn.__name__}` of masked batch-major rows `[B, T]` (see "
+        f"`jaxpref.bellman.batch_major`); every `[T]` below reads `[B, T]`, and `mask` `[B, T]` "
+        f"(nonzero = valid) removes steps.\n\n{inspect.getdoc(fn)}"
     )
-    return maybe_stop(g.T, stop_target_gradients)
-
-
-def _masked_discounted_return_step(carry: _MaskedReturnCarry, xs):
-    valid, r_t, discount_t = xs
-    g = r_t + discount_t * carry.g
-    new = _MaskedReturnCarry(jnp.where(valid, g, carry.g), carry.started | valid)
-    return new, jnp.where(valid, g, 0.0)
-
-
-def discounted_returns_batch_major(
-    r_t: ArrayLike,
-    discount_t: ArrayLike,
-    v_t: ArrayLike,
-    mask: ArrayLike,
-    *,
-    stop_target_gradients: bool = False,
-    unroll: int | None = None,
-) -> jax.Array:
-    r"""`discounted_returns` of batch-major rows `[B, T]`, with masked steps removed.
-
-        G_t = r_t + discount_t * G_next(t),   t valid;   G after the last valid step = bootstrap
-
-    Args:
-      r_t: `[B, T]` rewards.
-      discount_t: scalar or `[B, T]` discounts (0 at episode ends).
-      v_t: bootstrap value after each row's last valid step: a scalar or `[B]` (use 0 for rows
-        that end in a terminal state, e.g. at EOS).
-      mask: `[B, T]` nonzero at valid steps.
-      stop_target_gradients: if True, no gradient flows through the returns.
-      unroll: `lax.scan` unroll factor (None: 1 on CPU, 32 on accelerators).
-
-    Returns:
-      `[B, T]` discounted returns, 0 at masked steps.
-
-    References:
-      Sutton and Barto, "Reinforcement Learning: An Introduction", 2nd ed., sec. 3.3.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> g = discounted_returns_batch_major(jnp.array([[1.0, 2.0, 7.0]]), 0.5, 0.0,
-      ...                                    jnp.array([[1, 1, 0]]))
-      >>> print(g[0].tolist())  # 1 + 0.5 * 2, 2, masked
-      [2.0, 2.0, 0.0]
-    """
-    fn = "discounted_returns_batch_major"
-    valid, (r, d), shape = _prepare_masked(fn, r_t, discount_t, mask, {})
-    check_rank(v_t, "v_t", (0, 1), fn=fn)
-    if jnp.ndim(v_t) == 1 and tuple(jnp.shape(v_t)) != shape[:1]:
-        raise ValueError(
-            f"{fn}: `v_t` must be a scalar or have shape {shape[:1]} (the batch axis of `r_t` "
-            f"{shape}), got {tuple(jnp.shape(v_t))}."
-        )
-    (bootstrap,) = floats(v_t)
-    bootstrap = jnp.broadcast_to(bootstrap.astype(r.dtype), shape[:1])
-    init = _MaskedReturnCarry(bootstrap, jnp.zeros(shape[:1], bool))
-    _, g = jax.lax.scan(
-        _masked_discounted_return_step,
-        init,
-        (valid, r, d),
-        reverse=True,
-        unroll=resolve_unroll(fn, unroll),
-    )
-    return maybe_stop(g.T, stop_target_gradients)
-
-
-class _MaskedAdvantageCarry(NamedTuple):
-    """Reverse-scan state over a masked row.
-
-    Attributes:
-      a: advantage of the next valid step.
-      v_next: value of the next valid state (the row's bootstrap value before any is seen).
-    """
-
-    a: jax.Array
-    v_next: jax.Array
-
-
-def _masked_gae_step(carry: _MaskedAdvantageCarry, xs):
-    valid, r_t, discount_t, lambda_t, v_t = xs
-    delta = r_t + discount_t * carry.v_next - v_t
-    a = delta + discount_t * lambda_t * carry.a
-    new = _MaskedAdvantageCarry(jnp.where(valid, a, carry.a), jnp.where(valid, v_t, carry.v_next))
-    return new, jnp.where(valid, a, 0.0)
-
-
-def truncated_generalized_advantage_estimation_batch_major(
-    r_t: ArrayLike,
-    discount_t: ArrayLike,
-    values: ArrayLike,
-    mask: ArrayLike,
-    *,
-    lambda_: ArrayLike,
-    stop_target_gradients: bool = False,
-    unroll: int | None = None,
-) -> jax.Array:
-    r"""GAE of batch-major rows `[B, T]`, with masked steps removed.
-
-        delta_t = r_t + discount_t * v(next valid state) - v_t
-        A_t     = delta_t + discount_t * lambda_t * A_next(t),   t valid
-
-    `values[:, :T]` are the values of the states acted in and `values[:, T]` the bootstrap after
-    each row's last valid step (0 when the row ends in a terminal state, e.g. an LM completion
-    ending at EOS). Equals `truncated_generalized_advantage_estimation` on each compacted row
-    (values `[v_t for valid t] + [values[:, T]]`), with 0 at masked steps.
-
-    Args:
-      r_t: `[B, T]` rewards.
-      discount_t: scalar or `[B, T]` discounts (0 at episode ends).
-      values: `[B, T + 1]` state values; column T is the bootstrap.
-      mask: `[B, T]` nonzero at valid steps.
-      lambda_: scalar or `[B, T]` mixing parameter.
-      stop_target_gradients: if True, no gradient flows through the advantages.
-      unroll: `lax.scan` unroll factor (None: 1 on CPU, 32 on accelerators).
-
-    Returns:
-      `[B, T]` advantages, 0 at masked steps.
-
-    References:
-      Schulman et al., "High-Dimensional Continuous Control Using Generalized Advantage
-      Estimation", arXiv:1506.02438.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> a = truncated_generalized_advantage_estimation_batch_major(
-      ...     jnp.array([[0.0, 0.0, 1.0]]), 1.0, jnp.array([[0.5, 0.0, 0.5, 0.0]]),
-      ...     jnp.array([[1, 0, 1]]), lambda_=1.0)
-      >>> print(a[0].tolist())  # deltas (0 + 0.5 - 0.5, -, 1 + 0 - 0.5)
-      [0.5, 0.0, 0.5]
-    """
-    fn = "truncated_generalized_advantage_estimation_batch_major"
-    check_rank(values, "values", 2, fn=fn)
-    check_floating({"values": values}, fn=fn)
-    shape = tuple(jnp.shape(r_t))
-    if len(shape) == 2 and tuple(jnp.shape(values)) != (shape[0], shape[1] + 1):
-        raise ValueError(
-            f"{fn}: `values` must have shape {(shape[0], shape[1] + 1)} (one more step than "
-            f"`r_t` {shape}), got {tuple(jnp.shape(values))}."
-        )
-    values_in = jnp.asarray(values)
-    valid, (r, d, lam, v), shape = _prepare_masked(
-        fn, r_t, discount_t, mask, {"lambda_": lambda_, "values": values_in[:, :-1]}
-    )
-    (bootstrap,) = floats(values_in[:, -1])
-    init = _MaskedAdvantageCarry(jnp.zeros(shape[:1], r.dtype), bootstrap.astype(r.dtype))
-    _, a = jax.lax.scan(
-        _masked_gae_step,
-        init,
-        (valid, r, d, lam, v),
-        reverse=True,
-        unroll=resolve_unroll(fn, unroll),
-    )
-    return maybe_stop(a.T, stop_target_gradients)
+    return over_rows

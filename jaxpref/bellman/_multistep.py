@@ -4,7 +4,9 @@ Names, argument order and semantics follow rlax (`rlax._src.multistep`), so code
 rlax runs unchanged: index `t` of `r_t`, `discount_t` and `v_t` describes the transition out of
 state `s_t` (reward and discount received on arrival in `s_{t+1}`, and the value of `s_{t+1}`).
 Episode boundaries inside a trajectory are marked by `discount_t = 0`. The recursions are the
-reverse-scan cores of `_recursions`; the time-major `[T, B]` versions live in `_layouts`.
+reverse-scan cores of `_recursions`. Each function is declared once, with a `Recursion` that
+tells `_layouts` how it reads its arguments, so `time_major(fn)` (`[T, B]` rollouts) and
+`batch_major(fn)` (masked `[B, T]` rows) apply it in the other layouts with the same checks.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxpref._checks import check_floating, check_int, check_rank
-from jaxpref.bellman._args import check_per_step, check_sequences, floats, maybe_stop
+from jaxpref.bellman._layouts import Recursion, apply, with_layouts
 from jaxpref.bellman._recursions import (
-    resolve_unroll,
     scan_discounted_returns,
     scan_gae,
     scan_lambda_returns,
+    scan_masked_discounted_returns,
+    scan_masked_gae,
+    scan_masked_lambda_returns,
     scan_n_step,
 )
 
@@ -32,10 +35,63 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------------
+# How each function reads its arguments (for the three layouts of `_layouts`).
+# --------------------------------------------------------------------------------------------
+
+
+def _discounted_returns_core(r_t, discount_t, v_t, *, unroll: int, in_place: bool):
+    bootstrap = v_t[-1] if v_t.ndim == r_t.ndim else jnp.broadcast_to(v_t, r_t.shape[1:])
+    return scan_discounted_returns(r_t, discount_t, bootstrap, unroll=unroll, in_place=in_place)
+
+
+def _n_step_core(r_t, discount_t, v_t, lambda_t, *, n: int, unroll: int, in_place: bool):
+    del unroll, in_place  # a scan over the n shifted backups, vectorised over time
+    return scan_n_step(r_t, discount_t, v_t, n, lambda_t)
+
+
+_LAMBDA_RETURNS = Recursion(
+    arrays=(
+        ("r_t", "reward"),
+        ("discount_t", "discount"),
+        ("v_t", "value"),
+        ("lambda_", "trace"),
+    ),
+    core=scan_lambda_returns,
+    masked_core=scan_masked_lambda_returns,
+)
+_DISCOUNTED_RETURNS = Recursion(
+    arrays=(("r_t", "reward"), ("discount_t", "discount"), ("v_t", "bootstrap")),
+    core=_discounted_returns_core,
+    masked_core=scan_masked_discounted_returns,
+)
+_N_STEP_BOOTSTRAPPED_RETURNS = Recursion(
+    arrays=(
+        ("r_t", "reward"),
+        ("discount_t", "discount"),
+        ("v_t", "value"),
+        ("lambda_t", "trace"),
+    ),
+    core=_n_step_core,
+    static=("n",),
+)
+_GAE = Recursion(
+    arrays=(
+        ("r_t", "reward"),
+        ("discount_t", "discount"),
+        ("lambda_", "trace"),
+        ("values", "values"),
+    ),
+    core=scan_gae,
+    masked_core=scan_masked_gae,
+)
+
+
+# --------------------------------------------------------------------------------------------
 # Public single-trajectory functions (rlax-compatible).
 # --------------------------------------------------------------------------------------------
 
 
+@with_layouts(_LAMBDA_RETURNS)
 def lambda_returns(
     r_t: ArrayLike,
     discount_t: ArrayLike,
@@ -56,7 +112,7 @@ def lambda_returns(
 
     Args:
       r_t: `[T]` rewards received on the transition out of step t (times 1..T in rlax terms).
-      discount_t: `[T]` discounts of those transitions; 0 marks an episode end.
+      discount_t: `[T]` discounts of those transitions (or one scalar); 0 marks an episode end.
       v_t: `[T]` values of the states reached (bootstrap values `v(s_{t+1})`).
       lambda_: scalar or `[T]` mixing parameter.
       stop_target_gradients: if True, no gradient flows through the returns.
@@ -76,15 +132,17 @@ def lambda_returns(
       >>> print([round(float(x), 4) for x in g])  # G_1 = 1 + .5*4 = 3; G_0 = 1 + .5*(1 + 1.5)
       [2.25, 3.0]
     """
-    fn = "lambda_returns"
-    shape = check_sequences({"r_t": r_t, "discount_t": discount_t, "v_t": v_t}, 1, fn=fn)
-    check_rank(lambda_, "lambda_", (0, 1), fn=fn)
-    check_per_step(lambda_, "lambda_", shape, fn=fn)
-    r_t, discount_t, v_t, lambda_ = floats(r_t, discount_t, v_t, lambda_)
-    returns = scan_lambda_returns(r_t, discount_t, v_t, lambda_, unroll=resolve_unroll(fn, unroll))
-    return maybe_stop(returns, stop_target_gradients)
+    return apply(
+        _LAMBDA_RETURNS,
+        "lambda_returns",
+        {"r_t": r_t, "discount_t": discount_t, "v_t": v_t, "lambda_": lambda_},
+        layout="single",
+        stop_target_gradients=stop_target_gradients,
+        unroll=unroll,
+    )
 
 
+@with_layouts(_DISCOUNTED_RETURNS)
 def discounted_returns(
     r_t: ArrayLike,
     discount_t: ArrayLike,
@@ -102,7 +160,7 @@ def discounted_returns(
 
     Args:
       r_t: `[T]` rewards.
-      discount_t: `[T]` discounts; 0 marks an episode end.
+      discount_t: `[T]` discounts (or one scalar); 0 marks an episode end.
       v_t: scalar or `[T]` bootstrap value(s).
       stop_target_gradients: if True, no gradient flows through the returns.
       unroll: `lax.scan` unroll factor (None: 1 on CPU, 32 on accelerators).
@@ -119,16 +177,17 @@ def discounted_returns(
       >>> print([round(float(x), 4) for x in g])  # the episode ends after step 1
       [2.0, 2.0, 8.0]
     """
-    fn = "discounted_returns"
-    shape = check_sequences({"r_t": r_t, "discount_t": discount_t}, 1, fn=fn)
-    check_rank(v_t, "v_t", (0, 1), fn=fn)
-    check_per_step(v_t, "v_t", shape, fn=fn)
-    r_t, discount_t, v_t = floats(r_t, discount_t, v_t)
-    bootstrap = v_t[-1] if v_t.ndim else v_t
-    returns = scan_discounted_returns(r_t, discount_t, bootstrap, unroll=resolve_unroll(fn, unroll))
-    return maybe_stop(returns, stop_target_gradients)
+    return apply(
+        _DISCOUNTED_RETURNS,
+        "discounted_returns",
+        {"r_t": r_t, "discount_t": discount_t, "v_t": v_t},
+        layout="single",
+        stop_target_gradients=stop_target_gradients,
+        unroll=unroll,
+    )
 
 
+@with_layouts(_N_STEP_BOOTSTRAPPED_RETURNS)
 def n_step_bootstrapped_returns(
     r_t: ArrayLike,
     discount_t: ArrayLike,
@@ -147,7 +206,7 @@ def n_step_bootstrapped_returns(
 
     Args:
       r_t: `[T]` rewards.
-      discount_t: `[T]` discounts; 0 marks an episode end.
+      discount_t: `[T]` discounts (or one scalar); 0 marks an episode end.
       v_t: `[T]` bootstrap values of the states reached.
       n: number of rewards to accumulate before bootstrapping (>= 1).
       lambda_t: scalar or `[T]` mixing parameter (1 gives pure n-step returns).
@@ -166,16 +225,16 @@ def n_step_bootstrapped_returns(
       >>> print([round(float(x), 4) for x in g])  # 1 + 1 + v_1, 1 + 1 + v_2, 1 + v_2
       [22.0, 32.0, 31.0]
     """
-    fn = "n_step_bootstrapped_returns"
-    shape = check_sequences({"r_t": r_t, "discount_t": discount_t, "v_t": v_t}, 1, fn=fn)
-    check_rank(lambda_t, "lambda_t", (0, 1), fn=fn)
-    check_per_step(lambda_t, "lambda_t", shape, fn=fn)
-    check_int(n, "n", minimum=1, fn=fn)
-    r_t, discount_t, v_t, lambda_t = floats(r_t, discount_t, v_t, lambda_t)
-    returns = scan_n_step(r_t, discount_t, v_t, n, lambda_t)
-    return maybe_stop(returns, stop_target_gradients)
+    return apply(
+        _N_STEP_BOOTSTRAPPED_RETURNS,
+        "n_step_bootstrapped_returns",
+        {"r_t": r_t, "discount_t": discount_t, "v_t": v_t, "lambda_t": lambda_t, "n": n},
+        layout="single",
+        stop_target_gradients=stop_target_gradients,
+    )
 
 
+@with_layouts(_GAE)
 def truncated_generalized_advantage_estimation(
     r_t: ArrayLike,
     discount_t: ArrayLike,
@@ -195,7 +254,7 @@ def truncated_generalized_advantage_estimation(
 
     Args:
       r_t: `[T]` rewards.
-      discount_t: `[T]` discounts; 0 marks an episode end.
+      discount_t: `[T]` discounts (or one scalar); 0 marks an episode end.
       lambda_: scalar or `[T]` GAE mixing parameter.
       values: `[T + 1]` state values `v(s_0) .. v(s_T)` (the last one is the bootstrap).
       stop_target_gradients: if True, no gradient flows through the advantages.
@@ -215,17 +274,11 @@ def truncated_generalized_advantage_estimation(
       >>> print([round(float(x), 4) for x in a])  # deltas (2, 2); A_0 = 2 + 0.5 * 2
       [3.0, 2.0]
     """
-    fn = "truncated_generalized_advantage_estimation"
-    shape = check_sequences({"r_t": r_t, "discount_t": discount_t}, 1, fn=fn)
-    check_rank(values, "values", 1, fn=fn)
-    check_floating({"values": values}, fn=fn)
-    if jnp.shape(values) != (shape[0] + 1,):
-        raise ValueError(
-            f"{fn}: `values` must have shape {(shape[0] + 1,)} (one more than `r_t` {shape}), "
-            f"got {tuple(jnp.shape(values))}."
-        )
-    check_rank(lambda_, "lambda_", (0, 1), fn=fn)
-    check_per_step(lambda_, "lambda_", shape, fn=fn)
-    r_t, discount_t, lambda_, values = floats(r_t, discount_t, lambda_, values)
-    advantages = scan_gae(r_t, discount_t, lambda_, values, unroll=resolve_unroll(fn, unroll))
-    return maybe_stop(advantages, stop_target_gradients)
+    return apply(
+        _GAE,
+        "truncated_generalized_advantage_estimation",
+        {"r_t": r_t, "discount_t": discount_t, "lambda_": lambda_, "values": values},
+        layout="single",
+        stop_target_gradients=stop_target_gradients,
+        unroll=unroll,
+    )

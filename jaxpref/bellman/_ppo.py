@@ -19,7 +19,8 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxpref._checks import check_floating, check_rank, check_same_shape, f32
-from jaxpref.bellman._layouts import truncated_generalized_advantage_estimation_batch_major
+from jaxpref.bellman._layouts import batch_major
+from jaxpref.bellman._multistep import truncated_generalized_advantage_estimation
 
 __all__ = [
     "PPOAux",
@@ -211,9 +212,9 @@ def token_advantages(
         delta_t = r_t + gamma V(s_{t+1}) - V(s_t),   A_t = delta_t + gamma lambda A_{t+1},
         V = 0 after the last valid token,   returns_t = A_t + V(s_t)
 
-    with `s_{t+1}` the next valid position (masked positions are removed, see
-    `truncated_generalized_advantage_estimation_batch_major`). `values` are state-aligned:
-    `values[b, t]` is the critic's value of the state that generates token t.
+    with `s_{t+1}` the next valid position (masked positions are removed, see `batch_major`).
+    `values` are state-aligned: `values[b, t]` is the critic's value of the state that generates
+    token t.
 
     Args:
       rewards: `[B, T]` token rewards (e.g. `rlhf_token_rewards`).
@@ -241,8 +242,8 @@ def token_advantages(
     valid = jnp.asarray(mask) != 0
     (values_f,) = _zero_masked(valid, values)
     padded = jnp.concatenate([values_f, jnp.zeros((shape[0], 1), values_f.dtype)], axis=1)
-    advantages = truncated_generalized_advantage_estimation_batch_major(
-        rewards, gamma, padded, mask, lambda_=lambda_
+    advantages = batch_major(truncated_generalized_advantage_estimation)(
+        rewards, gamma, lambda_, padded, mask=mask
     )
     returns = jnp.where(valid, advantages + values_f, 0.0)
     if stop_target_gradients:

@@ -2,10 +2,12 @@
 and `_value_learning`.
 
 Every recursion is one reverse scan over the leading (time) axis with a named body over a
-NamedTuple carry; the cores accept trailing batch axes, which the time-major functions of
-`_layouts` use to scan a `[T, B]` rollout directly. Arguments are checked and cast by the callers.
+NamedTuple carry; the cores accept trailing batch axes, which the time-major layout
+(`time_major(fn)`, `_layouts`) uses to scan a `[T, B]` rollout directly. The masked cores at the
+end scan batch-major rows (transposed) whose carry skips masked steps (`batch_major(fn)`).
+Arguments are checked and cast by the callers.
 
-With `in_place=True` (the time-major functions) and no unrolling, a core runs the same recursion
+With `in_place=True` (the time-major layout) and no unrolling, a core runs the same recursion
 as a loop that overwrites, row by row from the last step, an array it needs anyway (the TD errors
 for GAE, a copy of the rewards for returns) instead of stacking scan outputs into a fresh
 zero-filled buffer, and keeps a scalar `lambda_` a scalar instead of broadcasting it to `[T, B]`.
@@ -14,7 +16,7 @@ benchmark); on a 2-core CPU the loop runs `[1024, 256]` GAE and lambda-returns 1
 than the stacked scan and `jax.vmap`-ed rlax (`experiments/bench/bellman.py`). Derivatives come
 from a `jax.custom_jvp`: the tangent recursion is linear, its coefficients are computed
 vectorised, and one `lax.scan` runs it (differentiating the in-place loop itself made XLA copy the
-buffer every step, ~50x slower). Single-trajectory functions keep the stacked scan: under
+buffer every step, ~50x slower). The single-trajectory layout keeps the stacked scan: under
 `jax.vmap` over a trailing axis the in-place buffer would be laid out batch-first, each step would
 write a strided column, and the loop was ~10x slower than the vmapped scan.
 """
@@ -265,3 +267,102 @@ def scan_n_step(r_t, discount_t, v_t, n: int, lambda_t):
     body = functools.partial(_n_step_update, padded=padded, length=length)
     carry, _ = jax.lax.scan(body, _NStepCarry(targets), jnp.arange(n), reverse=True)
     return carry.targets
+
+
+# --------------------------------------------------------------------------------------------
+# Masked cores (batch-major rows, scanned time-major): masked steps are skipped.
+# --------------------------------------------------------------------------------------------
+#
+# Inputs are time-major `[T, B]` with masked entries zeroed; `valid` is `[T, B]` bool. A masked
+# step leaves the carry unchanged and outputs 0, so the recursion runs through masked gaps as if
+# they were absent, exactly as on the row compacted to its valid steps.
+
+
+class _MaskedReturnCarry(NamedTuple):
+    """Reverse-scan state over a masked row.
+
+    Attributes:
+      g: return of the next valid step (`G_{t+1}` of the compacted trajectory).
+      started: whether a valid step has been seen yet (scanning backwards); before that, the
+        bootstrap comes from the current step's own value, as for the last step of a trajectory.
+    """
+
+    g: jax.Array
+    started: jax.Array
+
+
+def _masked_lambda_return_step(carry: _MaskedReturnCarry, xs):
+    valid, r_t, discount_t, v_t, lambda_t = xs
+    g_next = jnp.where(carry.started, carry.g, v_t)
+    g = _lambda_return(g_next, r_t, discount_t, v_t, lambda_t)
+    new = _MaskedReturnCarry(jnp.where(valid, g, carry.g), carry.started | valid)
+    return new, jnp.where(valid, g, 0.0)
+
+
+def scan_masked_lambda_returns(valid, r_t, discount_t, v_t, lambda_t, *, unroll: int):
+    """Lambda-returns of the valid steps; the last valid step bootstraps from its own `v_t`."""
+    batch = r_t.shape[1:]
+    lambda_t = jnp.broadcast_to(jnp.asarray(lambda_t, r_t.dtype), r_t.shape)
+    init = _MaskedReturnCarry(jnp.zeros(batch, r_t.dtype), jnp.zeros(batch, bool))
+    _, g = jax.lax.scan(
+        _masked_lambda_return_step,
+        init,
+        (valid, r_t, discount_t, v_t, lambda_t),
+        reverse=True,
+        unroll=unroll,
+    )
+    return g
+
+
+def _masked_discounted_return_step(carry: _MaskedReturnCarry, xs):
+    valid, r_t, discount_t = xs
+    g = _discounted_return(carry.g, r_t, discount_t)
+    new = _MaskedReturnCarry(jnp.where(valid, g, carry.g), carry.started | valid)
+    return new, jnp.where(valid, g, 0.0)
+
+
+def scan_masked_discounted_returns(valid, r_t, discount_t, bootstrap, *, unroll: int):
+    """Discounted returns of the valid steps, `bootstrap` (`[B]`) after the last one."""
+    init = _MaskedReturnCarry(bootstrap, jnp.zeros(r_t.shape[1:], bool))
+    _, g = jax.lax.scan(
+        _masked_discounted_return_step,
+        init,
+        (valid, r_t, discount_t),
+        reverse=True,
+        unroll=unroll,
+    )
+    return g
+
+
+class _MaskedAdvantageCarry(NamedTuple):
+    """Reverse-scan state over a masked row.
+
+    Attributes:
+      a: advantage of the next valid step.
+      v_next: value of the next valid state (the row's bootstrap value before any is seen).
+    """
+
+    a: jax.Array
+    v_next: jax.Array
+
+
+def _masked_gae_step(carry: _MaskedAdvantageCarry, xs):
+    valid, r_t, discount_t, lambda_t, v_t = xs
+    delta = r_t + discount_t * carry.v_next - v_t
+    a = _advantage(carry.a, delta, discount_t, lambda_t)
+    new = _MaskedAdvantageCarry(jnp.where(valid, a, carry.a), jnp.where(valid, v_t, carry.v_next))
+    return new, jnp.where(valid, a, 0.0)
+
+
+def scan_masked_gae(valid, r_t, discount_t, lambda_t, values, *, unroll: int):
+    """GAE of the valid steps; `values` is `[T + 1, B]`, row T the value after the last one."""
+    lambda_t = jnp.broadcast_to(jnp.asarray(lambda_t, r_t.dtype), r_t.shape)
+    init = _MaskedAdvantageCarry(jnp.zeros(r_t.shape[1:], r_t.dtype), values[-1])
+    _, a = jax.lax.scan(
+        _masked_gae_step,
+        init,
+        (valid, r_t, discount_t, lambda_t, values[:-1]),
+        reverse=True,
+        unroll=unroll,
+    )
+    return a

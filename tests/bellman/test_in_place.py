@@ -1,4 +1,4 @@
-"""The in-place time-major loops (`unroll=1`) against the stacked scan, rlax, NumPy and autodiff.
+"""The in-place loops of `time_major(fn)` (`unroll=1`) vs the stacked scan, rlax, NumPy, autodiff.
 
 `unroll=2` forces the stacked `lax.scan` core, so comparing `unroll=1` with it isolates the
 in-place loop and its custom JVP (same step arithmetic, different loop and derivative rules).
@@ -16,6 +16,10 @@ from jaxpref.bellman import _recursions
 from tests.bellman._reference import np_discounted_returns, np_gae, np_lambda_returns
 
 T, B = 37, 3  # T is not a multiple of anything in particular
+
+lambda_returns_tm = jb.time_major(jb.lambda_returns)
+gae_tm = jb.time_major(jb.truncated_generalized_advantage_estimation)
+discounted_returns_tm = jb.time_major(jb.discounted_returns)
 
 
 def _rollout(rng, shape, *, end_rate=0.15, dtype=np.float32):
@@ -41,19 +45,19 @@ def _cases(r, d, v, lam, values):
     cases = {}
     for name, lam_ in (("scalar", 0.9), ("per_step", lam)):
         cases[f"lambda_returns/{name}"] = (
-            jb.lambda_returns_time_major(r, d, v, lam_),
-            jb.lambda_returns_time_major(r, d, v, lam_, unroll=2),
+            lambda_returns_tm(r, d, v, lam_),
+            lambda_returns_tm(r, d, v, lam_, unroll=2),
             _columns(np_lambda_returns, r, d, v, lam_),
         )
         cases[f"gae/{name}"] = (
-            jb.truncated_generalized_advantage_estimation_time_major(r, d, lam_, values),
-            jb.truncated_generalized_advantage_estimation_time_major(r, d, lam_, values, unroll=2),
+            gae_tm(r, d, lam_, values),
+            gae_tm(r, d, lam_, values, unroll=2),
             _columns(np_gae, r, d, lam_, values),
         )
     boot = values[-1]
     cases["discounted_returns"] = (
-        jb.discounted_returns_time_major(r, d, boot),
-        jb.discounted_returns_time_major(r, d, boot, unroll=2),
+        discounted_returns_tm(r, d, boot),
+        discounted_returns_tm(r, d, boot, unroll=2),
         np.stack([np_discounted_returns(r[:, b], d[:, b], boot[b]) for b in range(B)], axis=1),
     )
     return cases
@@ -72,13 +76,13 @@ def test_in_place_equals_rlax():
     r, d, v, lam, values = _rollout(rng, (T, B))
     vm = lambda f: jax.vmap(f, in_axes=1, out_axes=1)
     np.testing.assert_allclose(
-        jb.lambda_returns_time_major(r, d, v, lam),
+        lambda_returns_tm(r, d, v, lam),
         vm(rlax.lambda_returns)(r, d, v, lam),
         atol=1e-6,
         rtol=0,
     )
     np.testing.assert_allclose(
-        jb.truncated_generalized_advantage_estimation_time_major(r, d, 0.95, values),
+        gae_tm(r, d, 0.95, values),
         vm(lambda r, d, v: rlax.truncated_generalized_advantage_estimation(r, d, 0.95, v))(
             r, d, values
         ),
@@ -86,7 +90,7 @@ def test_in_place_equals_rlax():
         rtol=0,
     )
     np.testing.assert_allclose(
-        jb.discounted_returns_time_major(r, d, v),
+        discounted_returns_tm(r, d, v),
         vm(rlax.discounted_returns)(r, d, v),
         atol=1e-6,
         rtol=0,
@@ -98,24 +102,24 @@ def test_episode_ends_cut_the_recursion():
     rng = np.random.default_rng(2)
     r, _, v, _, values = _rollout(rng, (T, B))
     d = np.zeros_like(r)
-    np.testing.assert_array_equal(jb.lambda_returns_time_major(r, d, v, 0.7), r)
-    np.testing.assert_array_equal(jb.discounted_returns_time_major(r, d, v), r)
-    adv = jb.truncated_generalized_advantage_estimation_time_major(r, d, 0.7, values)
+    np.testing.assert_array_equal(lambda_returns_tm(r, d, v, 0.7), r)
+    np.testing.assert_array_equal(discounted_returns_tm(r, d, v), r)
+    adv = gae_tm(r, d, 0.7, values)
     np.testing.assert_allclose(adv, r - values[:-1], atol=1e-6)
 
 
 def test_single_step_and_inputs_untouched():
     rng = np.random.default_rng(3)
     r, d, v, _, values = _rollout(rng, (1, B))
-    g = jb.lambda_returns_time_major(r, d, v, 0.5)
+    g = lambda_returns_tm(r, d, v, 0.5)
     np.testing.assert_allclose(g, r + d * v, atol=1e-6)  # G_0 bootstraps fully from v_0
-    a = jb.truncated_generalized_advantage_estimation_time_major(r, d, 0.5, values)
+    a = gae_tm(r, d, 0.5, values)
     np.testing.assert_allclose(a, r + d * values[1:] - values[:-1], atol=1e-6)
     # the loop overwrites its own copy: the caller's arrays keep their values
     r, d, v, _, values = (jnp.asarray(x) for x in _rollout(rng, (T, B)))
     r_before = np.array(r)
-    jax.block_until_ready(jax.jit(jb.discounted_returns_time_major)(r, d, v))
-    jax.block_until_ready(jb.lambda_returns_time_major(r, d, v, 0.9))
+    jax.block_until_ready(jax.jit(discounted_returns_tm)(r, d, v))
+    jax.block_until_ready(lambda_returns_tm(r, d, v, 0.9))
     np.testing.assert_array_equal(r, r_before)
 
 
@@ -126,8 +130,8 @@ def test_jit_equals_eager_and_vmap_equals_loop():
 
     def f(r, d, v, lam, values):
         return (
-            jb.lambda_returns_time_major(r, d, v, lam),
-            jb.truncated_generalized_advantage_estimation_time_major(r, d, lam, values),
+            lambda_returns_tm(r, d, v, lam),
+            gae_tm(r, d, lam, values),
         )
 
     eager = [f(*x) for x in batch]
@@ -147,14 +151,14 @@ def test_gradients_match_finite_differences():
         lam0 = jnp.float64(0.8)
 
         def returns(r, d, v, lam):
-            return jnp.sum(w * jb.lambda_returns_time_major(r, d, v, lam))
+            return jnp.sum(w * lambda_returns_tm(r, d, v, lam))
 
         def advantages(r, d, lam, values):
-            a = jb.truncated_generalized_advantage_estimation_time_major(r, d, lam, values)
+            a = gae_tm(r, d, lam, values)
             return jnp.sum(w * a)
 
         def discounted(r, d, boot):
-            return jnp.sum(w * jb.discounted_returns_time_major(r, d, boot))
+            return jnp.sum(w * discounted_returns_tm(r, d, boot))
 
         # second order once (the JVP rule is itself differentiable), first order elsewhere
         check_grads(jax.jit(returns), (r, d, v, lam), order=2, modes=("fwd", "rev"))
@@ -171,10 +175,8 @@ def test_gradients_equal_scan_gradients():
 
     def loss(unroll):
         def f(r, d, v, lam, values):
-            g = jb.lambda_returns_time_major(r, d, v, lam, unroll=unroll)
-            a = jb.truncated_generalized_advantage_estimation_time_major(
-                r, d, 0.9, values, unroll=unroll
-            )
+            g = lambda_returns_tm(r, d, v, lam, unroll=unroll)
+            a = gae_tm(r, d, 0.9, values, unroll=unroll)
             return jnp.sum(w * g) + jnp.sum(a * a)
 
         return jax.grad(f, argnums=(0, 1, 2, 3, 4))(r, d, v, lam, values)
@@ -183,21 +185,17 @@ def test_gradients_equal_scan_gradients():
         np.testing.assert_allclose(ours, scan, atol=1e-4, rtol=1e-5)
     # forward mode agrees with reverse mode
     tangent = rng.normal(size=(T, B)).astype(np.float32)
-    _, jvp = jax.jvp(lambda r: jb.lambda_returns_time_major(r, d, v, lam), (r,), (tangent,))
-    _, vjp = jax.vjp(lambda r: jb.lambda_returns_time_major(r, d, v, lam), r)
+    _, jvp = jax.jvp(lambda r: lambda_returns_tm(r, d, v, lam), (r,), (tangent,))
+    _, vjp = jax.vjp(lambda r: lambda_returns_tm(r, d, v, lam), r)
     np.testing.assert_allclose(jnp.sum(jvp * w), jnp.sum(vjp(w)[0] * tangent), rtol=1e-5)
 
 
 def test_stop_target_gradients_in_place():
     rng = np.random.default_rng(7)
     r, d, v, _, values = _rollout(rng, (T, B))
-    grad = jax.grad(lambda v: jb.lambda_returns_time_major(r, d, v, 0.9, True).sum())(v)
+    grad = jax.grad(lambda v: lambda_returns_tm(r, d, v, 0.9, True).sum())(v)
     np.testing.assert_array_equal(grad, np.zeros_like(v))
-    grad = jax.grad(
-        lambda x: jb.truncated_generalized_advantage_estimation_time_major(
-            r, d, 0.9, x, stop_target_gradients=True
-        ).sum()
-    )(values)
+    grad = jax.grad(lambda x: gae_tm(r, d, 0.9, x, stop_target_gradients=True).sum())(values)
     np.testing.assert_array_equal(grad, np.zeros_like(values))
 
 
@@ -219,9 +217,7 @@ def test_no_retrace(unroll):
     @jax.jit
     def f(r, d, values):
         traces.append(1)
-        return jb.truncated_generalized_advantage_estimation_time_major(
-            r, d, 0.9, values, unroll=unroll
-        )
+        return gae_tm(r, d, 0.9, values, unroll=unroll)
 
     f(r, d, values)
     f(r + 1.0, d, values)
@@ -234,11 +230,7 @@ def test_unroll_one_takes_the_in_place_path():
     values = jnp.zeros((T + 1, B))
 
     def primitives(unroll):
-        jaxpr = jax.make_jaxpr(
-            lambda r: jb.truncated_generalized_advantage_estimation_time_major(
-                r, z, 0.9, values, unroll=unroll
-            )
-        )(z)
+        jaxpr = jax.make_jaxpr(lambda r: gae_tm(r, z, 0.9, values, unroll=unroll))(z)
         return {str(eqn.primitive) for eqn in jaxpr.eqns}
 
     assert "custom_jvp_call" in primitives(1) and "scan" not in primitives(1)
