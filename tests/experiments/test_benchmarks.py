@@ -47,8 +47,8 @@ def _finite_nonnegative(*values):
 
 @pytest.mark.slow  # three worker processes, each importing JAX
 def test_logprobs(capsys):
-    # The naive path's 16 MiB of logits (and as much gradient) stand well above the noise of the
-    # workers' peak memory, so the memory ratio is defined; the compute is still tiny.
+    # The naive path's 16 MiB of logits (and as much gradient) usually stand above the noise of
+    # the workers' peak memory; the compute is still tiny.
     args = "--batch 1 --seq 128 --vocab 32768 --dim 8 --repeats 2 --seq-chunk 32 --vocab-chunk 4096"
     report = _run_cli(capsys, logprobs, args.split())
     assert set(report) == {
@@ -63,8 +63,14 @@ def test_logprobs(capsys):
         assert set(report[variant]) == {"median_s", "net_peak_mib"}
         assert math.isfinite(report[variant]["net_peak_mib"])
         _finite_nonnegative(report[variant]["median_s"])  # rounded to 0.1 ms
-    assert report["naive"]["net_peak_mib"] > 0
-    assert math.isfinite(report["memory_ratio_chunked_over_naive"])
+    # Peak RSS of separate worker processes is noisy on a shared machine: the naive path's net
+    # peak may come out at the baseline's (0). The report must then say so instead of a ratio.
+    naive, ratio = report["naive"]["net_peak_mib"], report["memory_ratio_chunked_over_naive"]
+    assert naive >= 0
+    if naive > 0:
+        assert math.isfinite(ratio)
+    else:
+        assert ratio is None and report["meets_targets"] is False
     _finite_positive(report["time_ratio_chunked_over_naive"])
     assert report["value_abs_diff"] < 1e-4
 
