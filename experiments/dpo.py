@@ -548,7 +548,9 @@ def _markdown(config: Config, out: pathlib.Path, r: dict) -> kit.Markdown:
             f"{f(r['gold_gap_closed'])} of the gold-reward gap (win rate "
             f"{f(r['win_rate_vs_ref'])}, KL {f(r['kl_to_ref'])}); {c['loss_name']} "
             f"closes {f(c['gold_gap_closed'])} (win rate {f(c['win_rate_vs_ref'])}, KL "
-            f"{f(c['kl_to_ref'])})."
+            f"{f(c['kl_to_ref'])}). The exact optimum at this beta has KL "
+            f"{f(r['exact']['kl_optimum_to_true_ref'])} to the reference: a fraction above 1 "
+            "buys gold reward with more KL than the optimum spends."
         )
     if "data" in r:
         data = r["data"]
