@@ -100,6 +100,7 @@ def test_install_requirements_of_the_pure_layer():
 
     root = pathlib.Path(__file__).resolve().parents[1]
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "Apache-2.0"  # an SPDX string: no licence-table warning
     base = {dep.split("=")[0].split(">")[0].split("<")[0] for dep in project["dependencies"]}
     assert base == {"jax", "jaxlib", "optax", "chex", "numpy"}
     extras = project["optional-dependencies"]

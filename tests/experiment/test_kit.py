@@ -254,3 +254,14 @@ def test_readme_example_experiment_runs(tmp_path, monkeypatch):
     assert "(3 seeds)" in (tmp_path / "run" / "report.md").read_text()
     code = kit.cli(module.Config, module.main, prog="mine", args=["--seeds", "0"])
     assert code == kit.EXIT_USAGE
+
+
+def test_only_process_zero_writes(tmp_path, monkeypatch):
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    out = tmp_path / "run"
+    report = toy_main(Toy(out=str(out)))
+    assert report.results == {"value": 16.0}  # every process computes the report
+    assert not out.exists()  # but only process 0 writes
+    kit.cached_arrays(tmp_path / "c.npz", {"k": "1"}, lambda: {"x": np.ones(2)})
+    kit.guard_inputs(tmp_path / "stage", tmp_path / "ckpt", {"a": "b"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

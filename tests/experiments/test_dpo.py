@@ -118,7 +118,10 @@ def test_tiny_run_writes_a_complete_report(tiny_run):
     assert saved["environment"]["versions"]["jax"] and saved["environment"]["device_count"] >= 1
     for name in ("report.md", "training_curves.png", "implicit_rewards.png", "token_credit.png"):
         assert (out / name).stat().st_size > 0, name
-    assert "![token credit](token_credit.png)" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "![token credit](token_credit.png)" in md
+    kl = f"| KL(policy \\|\\| reference), sampled | {report['kl_to_ref']:.4f} |"
+    assert kl in md  # `||` escaped: the row keeps its value
     for key in REPORT_KEYS - {"loss_name", "final_params_fingerprint"}:
         assert np.isfinite(report[key]), key
     assert 0.0 <= report["win_rate_vs_ref"] <= 1.0
