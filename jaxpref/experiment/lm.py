@@ -1,11 +1,16 @@
-"""Language-model pieces of preference experiments: the token task as data, evaluators.
+"""Language-model pieces of preference experiments: data, stages, evaluators, report parts.
 
-The synthetic token task of `jaxpref.envs` (a Markov reference language with a hidden
-per-token gold reward) as batches for SFT and DPO (`TokenTaskData`), pairs sampled from a model
-and labelled by the gold reward (`sample_token_pairs`), gold-reward evaluation of a policy
-(`TokenTaskEvaluator`) against the task's exact KL-regularised optimum (`token_task_optimum`),
-and, for real data without gold labels, `HeldOutEvaluator`. `EpochIterator` feeds a fixed set of
-examples to `jaxpref.train.train` with exact resume.
+* The synthetic token task of `jaxpref.envs` (a Markov reference language with a hidden
+  per-token gold reward) as batches for SFT and DPO (`TokenTaskSpec`, `TokenTaskData`), pairs
+  sampled from a model and labelled by the gold reward (`sample_token_pairs`), gold-reward
+  evaluation of a policy (`TokenTaskEvaluator`) against the task's exact KL-regularised optimum
+  (`token_task_optimum`, `token_task_markdown`).
+* Real preference files (`PreferenceFileSpec`, `PreferenceFile`: read, checked, split,
+  tokenized) and, without gold labels, `HeldOutEvaluator`.
+* Stages on the `jaxpref.train` engine: `train_sft`, `train_preference`, and
+  `run_preference_stage` (resume guard, phase timing, evaluation, summary); `EpochIterator`
+  feeds a fixed set of examples with exact resume; `cached_reference_logps`.
+* Plots: `plot_implicit_rewards` (why the chosen reward goes down), `plot_token_credit`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import numpy as np
 from jaxpref import decode, envs
 from jaxpref.data import synthetic
 from jaxpref.experiment._stats import spearman
+from jaxpref.logprobs import masked_sum
 from jaxpref.losses import LossConfig
 from jaxpref.train import (
     IndexedIterator,
@@ -416,7 +422,7 @@ class HeldOutEvaluator:
         self.model_def, self.ref_params, self.beta = model_def, ref_params, beta
         self.max_new_tokens, self.tokenizer = max_new_tokens, tokenizer
         token_fn = make_token_logps_fn(model_def)
-        self.seq_logps = jax.jit(lambda p, b: _masked_rows(*token_fn(p, b)))
+        self.seq_logps = jax.jit(lambda p, b: masked_sum(*token_fn(p, b)))
         self.batch = {k: np.asarray(v) for k, v in eval_batch._asdict().items()}
         self.pair_mask = self.batch["pair_mask"].astype(bool)
         self.ref_seq = np.asarray(self.seq_logps(ref_params, self.batch))
@@ -460,14 +466,6 @@ class HeldOutEvaluator:
             "implicit_reward_rejected": float(rejected.mean()),
             "implicit_reward_accuracy": float(np.mean(chosen > rejected)),
         }
-
-
-def _masked_rows(logps, mask):
-    return jnp.sum(jnp.where(mask > 0, logps, 0.0), axis=-1)
-
-
-def _masked_rows(logps, mask):
-    return jnp.sum(jnp.where(mask > 0, logps, 0.0), axis=-1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -522,8 +520,9 @@ def _batch_sharding(mesh, rules):
     return batch_sharding(mesh, rules, ndim=1)
 
 
-def train_sft(model, batches, config: TrainConfig, *, seed: int, mesh=None, rules=None,
-              extra_config=None):  # fmt: skip
+def train_sft(
+    model, batches, config: TrainConfig, *, seed: int, mesh=None, rules=None, extra_config=None
+):
     """Trains `model` by next-token likelihood with `jaxpref.train` (checkpoints, resume).
 
     Args:
