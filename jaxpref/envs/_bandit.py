@@ -57,6 +57,10 @@ def make_preference_bandit(
     Returns:
       A `PreferenceBandit`.
 
+    References:
+      Rafailov et al., "Direct Preference Optimization: Your Language Model is Secretly a Reward
+      Model", arXiv 2305.18290.
+
     Example:
       >>> import jax
       >>> b = make_preference_bandit(jax.random.key(0), num_prompts=3, num_responses=5)
@@ -83,6 +87,10 @@ def optimal_policy_logits(bandit: PreferenceBandit, *, beta: float):
     Returns:
       `[X, A]` logits (log-normalised).
 
+    References:
+      Rafailov et al., "Direct Preference Optimization: Your Language Model is Secretly a Reward
+      Model", arXiv 2305.18290.
+
     Example:
       >>> import jax, jax.numpy as jnp
       >>> b = PreferenceBandit(jnp.array([[0.0, 1.0]]), jnp.zeros((1, 2)))
@@ -103,6 +111,10 @@ def expected_reward(policy_logits, bandit: PreferenceBandit):
 
     Returns:
       Scalar float32.
+
+    References:
+      Rafailov et al., "Direct Preference Optimization: Your Language Model is Secretly a Reward
+      Model", arXiv 2305.18290.
 
     Example:
       >>> import jax.numpy as jnp
@@ -128,6 +140,10 @@ def win_rate(policy_logits, bandit: PreferenceBandit, baseline_logits=None):
     Returns:
       Scalar in `[0, 1]`.
 
+    References:
+      Rafailov et al., "Direct Preference Optimization: Your Language Model is Secretly a Reward
+      Model", arXiv 2305.18290.
+
     Example:
       >>> import jax.numpy as jnp
       >>> b = PreferenceBandit(jnp.array([[0.0, 1.0]]), jnp.zeros((1, 2)))
@@ -152,6 +168,10 @@ def kl_to_reference(policy_logits, reference_logits):
 
     Returns:
       Scalar float32 (nats).
+
+    References:
+      Rafailov et al., "Direct Preference Optimization: Your Language Model is Secretly a Reward
+      Model", arXiv 2305.18290.
 
     Example:
       >>> import jax.numpy as jnp

@@ -65,6 +65,10 @@ def soft_optimal_solution(
     Returns:
       `SoftOptimal(q, v, advantage, policy_logits)`.
 
+    References:
+      Ziebart et al., "Maximum Entropy Inverse Reinforcement Learning", AAAI 2008; Hejna et al.,
+      "Contrastive Preference Learning: Learning from Human Feedback without RL", arXiv 2310.13639.
+
     Example:
       >>> import jax.numpy as jnp
       >>> m = TabularMDP(jnp.zeros((1, 2)), jnp.ones((1, 2, 1)), jnp.ones(1), jnp.asarray(0.5))
@@ -89,6 +93,10 @@ def policy_return(mdp: TabularMDP, policy_logits):
 
     Returns:
       Scalar float32: the expected discounted return from `mdp.initial_distribution`.
+
+    References:
+      Ziebart et al., "Maximum Entropy Inverse Reinforcement Learning", AAAI 2008; Hejna et al.,
+      "Contrastive Preference Learning: Learning from Human Feedback without RL", arXiv 2310.13639.
 
     Example:
       >>> import jax.numpy as jnp

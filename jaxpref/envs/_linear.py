@@ -113,6 +113,10 @@ def make_linear_bandit(
     Returns:
       `LinearBandit` with `features` `[X, A, d]` and `theta` `[d]`.
 
+    References:
+      Wu, Sun, "Making RL with Preference-based Feedback Efficient via Randomization",
+      arXiv 2310.14554.
+
     Example:
       >>> import jax
       >>> b = make_linear_bandit(jax.random.key(0), num_contexts=3, num_actions=4, dim=2)
@@ -135,6 +139,10 @@ def as_preference_bandit(bandit: LinearBandit, ref_logits=None) -> PreferenceBan
 
     Returns:
       `PreferenceBandit`.
+
+    References:
+      Wu, Sun, "Making RL with Preference-based Feedback Efficient via Randomization",
+      arXiv 2310.14554.
 
     Example:
       >>> import jax.numpy as jnp
@@ -181,6 +189,10 @@ def make_multitask_linear_bandit(
     Raises:
       ValueError: if `rank` is not in `[1, dim]`.
 
+    References:
+      Lu et al., "Provable General Function Class Representation Learning in Multitask Bandits and
+      MDPs", arXiv 2205.15701.
+
     Example:
       >>> import jax
       >>> m = make_multitask_linear_bandit(jax.random.key(0), num_tasks=3, dim=5, rank=2)
@@ -208,6 +220,10 @@ def multitask_rewards(bandit: MultitaskLinearBandit):
 
     Returns:
       `[M, X, A]` float32 rewards; `[m]` is the reward table of task `m`.
+
+    References:
+      Lu et al., "Provable General Function Class Representation Learning in Multitask Bandits and
+      MDPs", arXiv 2205.15701.
 
     Example:
       >>> import jax.numpy as jnp
@@ -246,6 +262,10 @@ def make_linear_mdp(
       `LinearMDP` with `features` `[S, A, d]`, `mu` `[d, S]`, `theta` `[d]`,
       `initial_distribution` `[S]` and a scalar `discount`.
 
+    References:
+      Jin et al., "Provably Efficient Reinforcement Learning with Linear Function Approximation",
+      arXiv 1907.05388; Wu, Sun, arXiv 2310.14554 (trajectory preferences).
+
     Example:
       >>> import jax, jax.numpy as jnp
       >>> m = make_linear_mdp(jax.random.key(0), num_states=5, num_actions=2, dim=3)
@@ -276,6 +296,10 @@ def linear_mdp_to_tabular(mdp: LinearMDP) -> TabularMDP:
       `TabularMDP` with `reward` `[S, A]`, `transitions` `[S, A, S]`, and the initial
       distribution and discount of `mdp`.
 
+    References:
+      Jin et al., "Provably Efficient Reinforcement Learning with Linear Function Approximation",
+      arXiv 1907.05388; Wu, Sun, arXiv 2310.14554 (trajectory preferences).
+
     Example:
       >>> import jax.numpy as jnp
       >>> m = LinearMDP(jnp.ones((1, 1, 1)), jnp.ones((1, 1)), jnp.array([0.5]), jnp.ones(1),
@@ -303,6 +327,10 @@ def trajectory_features(mdp: LinearMDP, states, actions, *, discount: float = 1.
 
     Returns:
       `[N, d]` float32 features.
+
+    References:
+      Jin et al., "Provably Efficient Reinforcement Learning with Linear Function Approximation",
+      arXiv 1907.05388; Wu, Sun, arXiv 2310.14554 (trajectory preferences).
 
     Example:
       >>> import jax.numpy as jnp

@@ -74,6 +74,10 @@ def make_token_task(
     Returns:
       `TokenTask`.
 
+    References:
+      Rafailov, Hejna, Park, Finn, "From r to Q*: Your Language Model is Secretly a Q-Function",
+      arXiv 2404.12358.
+
     Example:
       >>> import jax
       >>> t = make_token_task(jax.random.key(0), vocab_size=5)
@@ -106,6 +110,10 @@ def token_gold_credit(task: TokenTask, prev, completion):
     Returns:
       `[N, L]` float32 credits; `sum(-1)` is the gold reward.
 
+    References:
+      Rafailov, Hejna, Park, Finn, "From r to Q*: Your Language Model is Secretly a Q-Function",
+      arXiv 2404.12358.
+
     Example:
       >>> import jax.numpy as jnp
       >>> t = TokenTask(jnp.zeros(2), jnp.zeros((2, 2)), jnp.array([[0.0, 1.0], [2.0, 3.0]]))
@@ -129,6 +137,10 @@ def sequence_logprobs_markov(policy_logits, prev, completion):
 
     Returns:
       `[N, L]` float32 log-probs `log pi_t(y_t | y_{t-1})`; `sum(-1)` is the sequence log-prob.
+
+    References:
+      Rafailov, Hejna, Park, Finn, "From r to Q*: Your Language Model is Secretly a Q-Function",
+      arXiv 2404.12358.
 
     Example:
       >>> import jax.numpy as jnp
@@ -171,6 +183,10 @@ def token_optimal_policy_logits(task: TokenTask, *, beta: float, length: int):
     Returns:
       `[L, V, V]` log-normalised logits; `[t, prev]` is `log pi*_t(. | prev)`.
 
+    References:
+      Rafailov, Hejna, Park, Finn, "From r to Q*: Your Language Model is Secretly a Q-Function",
+      arXiv 2404.12358.
+
     Example:
       >>> import jax.numpy as jnp
       >>> t = TokenTask(jnp.zeros(2), jnp.zeros((2, 2)), jnp.array([[0.0, 1.0], [0.0, 1.0]]))
@@ -194,6 +210,10 @@ def token_optimal_values(task: TokenTask, *, beta: float, length: int):
     Returns:
       `[L, V]` float32 values; `[t, s]` is the optimal value of the remaining `L - t` tokens
       after previous token `s`.
+
+    References:
+      Rafailov, Hejna, Park, Finn, "From r to Q*: Your Language Model is Secretly a Q-Function",
+      arXiv 2404.12358.
 
     Example:
       >>> import jax.numpy as jnp
@@ -233,6 +253,10 @@ def token_expected_reward(policy_logits, task: TokenTask, prev, length: int):
     Returns:
       `[N]` float32 expected gold rewards.
 
+    References:
+      Rafailov, Hejna, Park, Finn, "From r to Q*: Your Language Model is Secretly a Q-Function",
+      arXiv 2404.12358.
+
     Example:
       >>> import jax.numpy as jnp
       >>> t = TokenTask(jnp.zeros(2), jnp.zeros((2, 2)), jnp.array([[0.0, 1.0], [0.0, 1.0]]))
@@ -257,6 +281,10 @@ def token_kl_to_reference(policy_logits, task: TokenTask, prev, length: int):
 
     Returns:
       `[N]` float32 sequence-level KL divergences (nats).
+
+    References:
+      Rafailov, Hejna, Park, Finn, "From r to Q*: Your Language Model is Secretly a Q-Function",
+      arXiv 2404.12358.
 
     Example:
       >>> import jax.numpy as jnp

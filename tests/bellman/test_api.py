@@ -17,7 +17,7 @@ PACKAGES = {
         "_token_mdp",
         "_ppo",
     ],
-    "jaxpref.envs": ["_tabular"],
+    "jaxpref.envs": ["_tabular", "_bandit", "_token", "_control", "_linear"],
 }
 
 
