@@ -18,6 +18,7 @@ import numpy as np
 __all__ = ["SCHEMA_VERSION", "Markdown", "Report", "environment", "escape", "fmt", "mean_std"]
 
 SCHEMA_VERSION = 1
+"""Version of the `report.json` schema, written as its `schema_version` field."""
 
 _PACKAGES = ("jaxpref", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
 
