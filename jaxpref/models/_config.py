@@ -133,7 +133,14 @@ class ModelConfig:
         return jnp.dtype(self.dtype)
 
     def replace(self, **changes) -> ModelConfig:
-        """Returns a copy with the given fields changed (validated again)."""
+        """Returns a copy with the given fields changed (validated again).
+
+        Args:
+          **changes: field name -> new value.
+
+        Returns:
+          The new config.
+        """
         return dataclasses.replace(self, **changes)
 
 
