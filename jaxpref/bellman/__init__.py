@@ -9,7 +9,7 @@ package. Nothing here imports Flax.
 
 Layouts. Each return and advantage function (`lambda_returns`, `discounted_returns`,
 `n_step_bootstrapped_returns`, `truncated_generalized_advantage_estimation`) exists once, for
-one trajectory, and two transforms apply it to batches, keeping its signature:
+one trajectory, and two transforms apply it to batches, keeping its signature::
 
     time_major(lambda_returns)(r_t, discount_t, v_t, lambda_)             # [T, B] rollouts
     batch_major(lambda_returns)(r_t, discount_t, v_t, lambda_, mask=mask)  # [B, T] LM rows

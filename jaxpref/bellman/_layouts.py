@@ -280,6 +280,8 @@ def _call(recursion: Recursion, name: str, arguments: dict, layout: Layout, mask
 def time_major(fn: Callable) -> Callable:
     r"""A return or advantage function of one trajectory, applied to time-major rollouts `[T, B]`.
 
+    ::
+
         time_major(fn)(*args) == jax.vmap(fn, in_axes=1, out_axes=1)(*args)
 
     for `fn` one of `lambda_returns`, `discounted_returns`, `n_step_bootstrapped_returns` and
@@ -329,6 +331,8 @@ def time_major(fn: Callable) -> Callable:
 
 def batch_major(fn: Callable) -> Callable:
     r"""A return or advantage function of one trajectory, applied to masked rows `[B, T]`.
+
+    ::
 
         batch_major(fn)(*args, mask=mask)[b] == scatter(fn(*compact(args[b], mask[b])), mask[b])
 

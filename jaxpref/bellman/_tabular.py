@@ -341,6 +341,8 @@ def soft_policy_evaluation_operator(
 ) -> jax.Array:
     r"""One application of the entropy-regularised policy-evaluation operator.
 
+    ::
+
         (T_pi V)(s) = sum_a pi(a|s) [r(s, a) - tau log pi(a|s) + discount * sum_s' P(s'|s,a) V(s')]
 
     Its fixed point is the soft value of `pi`; `tau = 0` gives ordinary policy evaluation.
@@ -468,6 +470,8 @@ def state_visitation(
     discount: ArrayLike = 1.0,
 ) -> jax.Array:
     r"""Expected (discounted) state-visitation counts of a policy over a finite horizon.
+
+    ::
 
         d_0 = mu_0,   d_{t+1}(s') = sum_{s, a} d_t(s) pi_t(a|s) P(s'|s, a),
         D(s) = sum_{t=0}^{H-1} discount^t d_t(s)

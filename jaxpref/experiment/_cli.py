@@ -10,8 +10,10 @@ from jaxpref.experiment._errors import RunStopped, UsageError
 
 __all__ = ["EXIT_STOPPED", "EXIT_USAGE", "cli", "parse"]
 
-EXIT_USAGE = 2  # a configuration or input error (as argparse/tyro use for bad flags)
-EXIT_STOPPED = 75  # EX_TEMPFAIL: the run stopped early and saved; run the command again
+EXIT_USAGE = 2
+"""Exit status of `cli` for a configuration or input error (as argparse/tyro use for bad flags)."""
+EXIT_STOPPED = 75
+"""Exit status of `cli` when the run stopped early and saved (`EX_TEMPFAIL`): run it again."""
 
 C = TypeVar("C")
 

@@ -18,6 +18,7 @@ import numpy as np
 __all__ = ["SCHEMA_VERSION", "Markdown", "Report", "environment", "escape", "fmt", "mean_std"]
 
 SCHEMA_VERSION = 1
+"""Version of the `report.json` schema, written as its `schema_version` field."""
 
 _PACKAGES = ("jaxpref", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
 
@@ -150,6 +151,9 @@ def mean_std(values: Sequence[float] | np.ndarray, digits: int = 3) -> str:
 class Markdown:
     """Builds `report.md`: headings, paragraphs, tables with escaped cells, images.
 
+    Args:
+      title: the document title (its `#` heading).
+
     Example:
       >>> md = Markdown("Run")
       >>> md.table(["quantity", "value"], [["KL(p || q)", 0.5]])
@@ -166,15 +170,32 @@ class Markdown:
         self._lines = [f"# {title}", ""]
 
     def heading(self, text: str, level: int = 2) -> None:
-        """A section heading."""
+        """A section heading.
+
+        Args:
+          text: the heading text.
+          level: markdown heading level (2 is `##`).
+        """
         self._lines += ["#" * level + " " + text, ""]
 
     def paragraph(self, text: str) -> None:
-        """A paragraph of text (markdown allowed)."""
+        """A paragraph of text (markdown allowed).
+
+        Args:
+          text: the paragraph.
+        """
         self._lines += [text, ""]
 
     def table(self, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        """A table; every cell goes through `fmt` (strings unchanged) and `escape`."""
+        """A table; every cell goes through `fmt` (strings unchanged) and `escape`.
+
+        Args:
+          header: the column names.
+          rows: the rows, each with one cell per column.
+
+        Raises:
+          ValueError: a row whose number of cells differs from the header's.
+        """
         cells = [[escape(c if isinstance(c, str) else fmt(c)) for c in row] for row in rows]
         for row in cells:
             if len(row) != len(header):
@@ -185,7 +206,12 @@ class Markdown:
         self._lines.append("")
 
     def image(self, filename: str, alt: str) -> None:
-        """An image (a PNG in the run directory)."""
+        """An image (a PNG in the run directory).
+
+        Args:
+          filename: the image path, relative to `report.md`.
+          alt: the alternative text.
+        """
         self._lines += [f"![{alt}]({filename})", ""]
 
     def text(self) -> str:

@@ -251,6 +251,8 @@ def paired_implicit_reward_margins(
 def token_credit(token_rewards: ArrayLike, mask: ArrayLike) -> jax.Array:
     r"""Per-row normalised credit map for heat maps: `r_t / max_t |r_t|` over valid tokens.
 
+    ::
+
         c_t = m_t * r_t / max_{s: m_s = 1} |r_s|
 
     Values lie in `[-1, 1]` with the sign of the token reward, so one colour scale fits every

@@ -133,7 +133,14 @@ class ModelConfig:
         return jnp.dtype(self.dtype)
 
     def replace(self, **changes) -> ModelConfig:
-        """Returns a copy with the given fields changed (validated again)."""
+        """Returns a copy with the given fields changed (validated again).
+
+        Args:
+          **changes: field name -> new value.
+
+        Returns:
+          The new config.
+        """
         return dataclasses.replace(self, **changes)
 
 
@@ -171,6 +178,9 @@ PRESETS: dict[str, ModelConfig] = {
         151936, 1536, 28, 12, 2, 8960, 32768, qkv_bias=True, rope_theta=1e6, tie_embeddings=True
     ),
 }
+"""Named model shapes for `preset`: tiny GPT-2, Llama, Qwen2 and Mistral configurations for
+tests and notebooks, and published shapes (GPT-2 small to large, Llama 2 7B, Mistral 7B,
+Qwen2.5 0.5B and 1.5B)."""
 
 
 def preset(name: str, **overrides) -> ModelConfig:

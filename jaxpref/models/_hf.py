@@ -29,6 +29,7 @@ SUPPORTED_ARCHITECTURES = (
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
 )
+"""The Hugging Face `architectures` (in `config.json`) that `config_from_hf` and `from_hf` read."""
 
 _HF_ACT = {
     "gelu_new": "gelu_tanh",

@@ -10,6 +10,7 @@ import jax
 __all__ = ["AXES", "MeshConfig", "make_mesh"]
 
 AXES = ("data", "fsdp", "tensor")
+"""The mesh axis names, in mesh order: data, fully sharded data and tensor parallelism."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,7 +58,10 @@ class ShardingRules:
 
 
 DP = ShardingRules(name="dp", params=(), batch=("data", "fsdp", "tensor"))
+"""Preset "dp": every parameter replicated, batches split over all devices."""
 FSDP = ShardingRules(name="fsdp", params=(("embed", "fsdp"),), batch=("data", "fsdp", "tensor"))
+"""Preset "fsdp": parameters split along `embed` over `fsdp` (ZeRO-3 style), batches over all
+devices."""
 FSDP_TP = ShardingRules(
     name="fsdp_tp",
     params=(
@@ -70,6 +73,8 @@ FSDP_TP = ShardingRules(
     ),
     batch=("data", "fsdp"),
 )
+"""Preset "fsdp_tp": as `FSDP`, plus `vocab`, `mlp`, `heads`, `kv_heads` split over `tensor`
+(Megatron-style), batches over `data` x `fsdp`."""
 _PRESETS = {r.name: r for r in (DP, FSDP, FSDP_TP)}
 
 

@@ -334,7 +334,14 @@ class TrainConfig:
         return f"{self.run_dir.rstrip('/')}/checkpoints"
 
     def replace(self, **changes) -> TrainConfig:
-        """A copy with the given top-level fields changed."""
+        """A copy with the given top-level fields changed.
+
+        Args:
+          **changes: top-level field name -> new value.
+
+        Returns:
+          The new config.
+        """
         return dataclasses.replace(self, **changes)
 
     def step_options(self) -> dict[str, Any]:
