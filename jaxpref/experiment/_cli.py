@@ -29,6 +29,12 @@ def parse(
 
     `--help` lists every field of the frozen dataclasses with its default and docstring;
     the usage line shows `prog` (e.g. `python -m experiments.dpo`).
+
+    Args:
+      config_type: the experiment's frozen dataclass config.
+      prog: the command shown in the usage line.
+      description: `--help`'s description.
+      args: the arguments (default `sys.argv[1:]`).
     """
     import tyro
 
@@ -53,6 +59,13 @@ def cli(
       once, no traceback.
 
     Any other exception propagates with its traceback.
+
+    Args:
+      config_type: the experiment's frozen dataclass config.
+      main: `main(config)`.
+      prog: the command shown in usage and error lines.
+      description: `--help`'s description.
+      args: the arguments (default `sys.argv[1:]`).
 
     Example (a module's last lines)::
 

@@ -20,7 +20,13 @@ def pyplot():
 
 
 def save_figure(fig, path: str | os.PathLike, *, dpi: int = 110) -> None:
-    """Lays out, saves (PNG) and closes a figure; only process 0 writes."""
+    """Lays out, saves (PNG) and closes a figure; only process 0 writes.
+
+    Args:
+      fig: a matplotlib figure.
+      path: the PNG file.
+      dpi: resolution.
+    """
     import jax
 
     plt = pyplot()
@@ -51,7 +57,13 @@ class Panel(NamedTuple):
 
 
 def plot_panels(path: str | os.PathLike, panels: Sequence[Panel], *, cols: int = 3) -> None:
-    """Line plots in a grid, saved as one PNG; panels with no points are left out."""
+    """Line plots in a grid, saved as one PNG; panels with no points are left out.
+
+    Args:
+      path: the PNG file.
+      panels: the panels, in reading order.
+      cols: panels per row.
+    """
     panels = [p for p in panels if len(p.x)]
     if not panels:
         return

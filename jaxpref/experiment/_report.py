@@ -106,6 +106,10 @@ def environment() -> dict[str, Any]:
 def fmt(value: Any, digits: int = 4) -> str:
     """A table cell: `n/a` for None, yes/no for booleans, fixed or scientific floats.
 
+    Args:
+      value: None, a boolean, a number or anything with `str`.
+      digits: decimals of fixed-point floats (significant digits minus one in scientific form).
+
     Example:
       >>> fmt(None), fmt(True), fmt(0.123456), fmt(1.5e-7), fmt(3)
       ('n/a', 'yes', '0.1235', '1.500e-07', '3')
@@ -125,7 +129,11 @@ def fmt(value: Any, digits: int = 4) -> str:
 
 
 def escape(text: str) -> str:
-    """Markdown table cell text: `|` escaped, newlines as `<br>`."""
+    """Markdown table cell text: `|` escaped, newlines as `<br>`.
+
+    Args:
+      text: the cell text.
+    """
     return str(text).replace("|", "\\|").replace("\n", "<br>")
 
 
@@ -133,6 +141,10 @@ def mean_std(values: Sequence[float] | np.ndarray, digits: int = 3) -> str:
     """`mean ± std (n seeds)` of per-seed values (sample standard deviation, ddof=1).
 
     Non-finite values are kept (they show as nan); one value prints without a spread.
+
+    Args:
+      values: `[S]` per-seed values (any shape; flattened).
+      digits: decimals.
 
     Example:
       >>> mean_std([1.0, 2.0, 3.0])

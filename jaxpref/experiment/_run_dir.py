@@ -40,7 +40,11 @@ def is_writer() -> bool:
 
 
 def flag_name(path: str) -> str:
-    """The command-line flag of a dotted config path: `task.num_pairs` -> `--task.num-pairs`."""
+    """The command-line flag of a dotted config path: `task.num_pairs` -> `--task.num-pairs`.
+
+    Args:
+      path: a dotted path into the config (`config_to_dict` keys).
+    """
     return "--" + path.replace("_", "-")
 
 
@@ -93,7 +97,11 @@ def _atomic_write(path: pathlib.Path, text: str) -> None:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    """SHA-256 of a file's bytes, read in 1 MiB chunks.
+
+    Args:
+      path: the file.
+    """
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -121,13 +129,21 @@ class RunDir:
         self._start = time.perf_counter()
 
     def log(self, message: str) -> None:
-        """Prints `[experiment] message` on process 0."""
+        """Prints `[experiment] message` on process 0.
+
+        Args:
+          message: one line.
+        """
         if self.writer:
             print(f"[{self.experiment}] {message}", flush=True)
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        """Times the enclosed block and adds its wall seconds to `phases[name]`."""
+        """Times the enclosed block and adds its wall seconds to `phases[name]`.
+
+        Args:
+          name: the phase (timings of repeated entries add up).
+        """
         t0 = time.perf_counter()
         try:
             yield
@@ -135,18 +151,33 @@ class RunDir:
             self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - t0
 
     def write_text(self, name: str, text: str) -> pathlib.Path:
-        """Writes `text` to `path/name` atomically (process 0 only); returns the path."""
+        """Writes `text` to `path/name` atomically (process 0 only); returns the path.
+
+        Args:
+          name: file name inside the run directory.
+          text: the content.
+        """
         target = self.path / name
         if self.writer:
             _atomic_write(target, text)
         return target
 
     def write_json(self, name: str, value: Any) -> pathlib.Path:
-        """Writes a JSON file atomically (process 0 only); returns the path."""
+        """Writes a JSON file atomically (process 0 only); returns the path.
+
+        Args:
+          name: file name inside the run directory.
+          value: a JSON value.
+        """
         return self.write_text(name, json.dumps(value, indent=2) + "\n")
 
     def finish(self, results: Mapping[str, Any], markdown: Markdown | str) -> Report:
-        """Writes `report.json` (the `Report` schema) and `report.md`; returns the report."""
+        """Writes `report.json` (the `Report` schema) and `report.md`; returns the report.
+
+        Args:
+          results: the module's results (JSON values; NumPy and JAX arrays become lists).
+          markdown: the `report.md` content.
+        """
         report = Report(
             experiment=self.experiment,
             config=self.config,

@@ -27,6 +27,14 @@ def stage_config(
 
     A shared `checkpoint.directory` gets one subdirectory per stage (named like `stage_dir`),
     so stages never share checkpoints.
+
+    Args:
+      stage_dir: the stage's directory (metrics, checkpoints unless `checkpoint.directory`).
+      loop: steps, evaluation period, seed.
+      optimizer: optimizer and schedule.
+      checkpoint: checkpointing.
+      logging: metric sinks.
+      ref_sync: TR-DPO reference updates.
     """
     stage_dir = pathlib.Path(stage_dir)
     if checkpoint.directory is not None:
@@ -43,7 +51,13 @@ def stage_config(
 
 
 def require_completed(result, stage: str, out) -> None:
-    """Raises `RunStopped` unless a `jaxpref.train.TrainResult` ran to its last step."""
+    """Raises `RunStopped` unless a `jaxpref.train.TrainResult` ran to its last step.
+
+    Args:
+      result: the stage's `TrainResult`.
+      stage: the stage's name, for the message.
+      out: the run directory to resume.
+    """
     if result.stop_reason != "completed":
         raise RunStopped(stage, int(result.step), result.stop_reason, out)
 
@@ -57,7 +71,11 @@ def _by_step(records: list[dict]) -> list[dict]:
 
 def stage_records(stage_dir: str | os.PathLike) -> tuple[list[dict], list[dict]]:
     """A stage's `(train, eval)` metric records, one per step (a resumed run's re-logged steps
-    keep their last record)."""
+    keep their last record).
+
+    Args:
+      stage_dir: the stage's directory.
+    """
     records = jt.read_metrics(stage_dir)
     return (
         _by_step([r for r in records if r.get("split") == "train"]),
@@ -70,6 +88,9 @@ def mesh_for(sharding: str):
 
     "dp" puts every device on the data axis, "fsdp" on the fsdp axis, "fsdp_tp" uses a tensor
     axis of 2 when the device count is even.
+
+    Args:
+      sharding: "none", "dp", "fsdp" or "fsdp_tp".
     """
     if sharding == "none":
         return None, None

@@ -130,7 +130,11 @@ class TokenTaskData:
         )
 
     def sft_batch(self, index: int) -> dict:
-        """Sequences of the reference language; every next-token prediction is trained."""
+        """Sequences of the reference language; every next-token prediction is trained.
+
+        Args:
+          index: the batch's index (batch `i` is a pure function of `i`).
+        """
         key = jax.random.fold_in(self.key_sft, index)
         ids = np.asarray(
             synthetic.sample_prompts(key, self.task, self.sft_batch_size, self.seq_len)
@@ -139,13 +143,23 @@ class TokenTaskData:
         return {"input_ids": ids.astype(np.int32), "attention_mask": ones, "loss_mask": ones}
 
     def completion_mask(self, rows: int) -> np.ndarray:
-        """`[rows, T]` int32 mask of the completion positions."""
+        """`[rows, T]` int32 mask of the completion positions.
+
+        Args:
+          rows: rows of the batch.
+        """
         mask = np.zeros((rows, self.seq_len), np.int32)
         mask[:, self.prompt_length :] = 1
         return mask
 
     def pair_rows(self, prompt, chosen, rejected) -> dict:
-        """`[2B, T]` rows (chosen then rejected) of prompt + completion, completion trained."""
+        """`[2B, T]` rows (chosen then rejected) of prompt + completion, completion trained.
+
+        Args:
+          prompt: `[B, P]` prompt tokens.
+          chosen: `[B, L]` chosen completions.
+          rejected: `[B, L]` rejected completions.
+        """
         ids = np.concatenate(
             [np.concatenate([prompt, chosen], 1), np.concatenate([prompt, rejected], 1)], 0
         ).astype(np.int32)
@@ -190,6 +204,13 @@ def generate(model, prompts, key, length: int, chunk: int = 4096) -> np.ndarray:
     """Samples `[N, length]` completions of `[N, P]` prompts (KV cache), `chunk` rows at a time.
 
     Chunk `i` uses `fold_in(key, i)`, so the result depends on `chunk`.
+
+    Args:
+      model: the NNX language model.
+      prompts: `[N, P]` prompt tokens.
+      key: PRNG key.
+      length: tokens to sample.
+      chunk: rows per call.
     """
     outs = []
     for i, start in enumerate(range(0, prompts.shape[0], chunk)):
@@ -239,7 +260,13 @@ class EpochIterator(IndexedIterator):
 
 
 def completion_logps_fn(token_fn, prompt_length: int, length: int):
-    """`(params, batch) -> [R, L]` per-token log-probs of the completion tokens."""
+    """`(params, batch) -> [R, L]` per-token log-probs of the completion tokens.
+
+    Args:
+      token_fn: `(params, batch) -> (token_logps [R, T-1], mask)` (`make_token_logps_fn`).
+      prompt_length: prompt tokens `P`.
+      length: completion tokens `L`.
+    """
 
     def fn(params, batch):
         logps, _ = token_fn(params, batch)
@@ -290,12 +317,20 @@ class TokenTaskEvaluator:
         return np.asarray(envs.token_gold_credit(self.data.task, prev, completions).sum(-1))
 
     def token_implicit_rewards(self, params) -> np.ndarray:
-        """`[2B, L]` per-token `beta (log pi - log pi_ref)` of held-out chosen then rejected."""
+        """`[2B, L]` per-token `beta (log pi - log pi_ref)` of held-out chosen then rejected.
+
+        Args:
+          params: the policy's parameters.
+        """
         pol = np.asarray(self.logps(params, self.pair_batch))
         return self.beta * (pol - self.ref_pair_logps)
 
     def __call__(self, params) -> dict[str, float]:
-        """The metrics of the policy with parameters `params`."""
+        """The metrics of the policy with parameters `params`.
+
+        Args:
+          params: the policy's parameters.
+        """
         tok = self.token_implicit_rewards(params)
         n = self.pairs["chosen"].shape[0]
         seq = tok.sum(-1)
@@ -319,7 +354,14 @@ class TokenTaskEvaluator:
 
 
 def reference_fit(data: TokenTaskData, model_def, ref_params, num: int = 512) -> dict:
-    """Per-token NLL of fresh reference-language sequences under the SFT model and the chain."""
+    """Per-token NLL of fresh reference-language sequences under the SFT model and the chain.
+
+    Args:
+      data: the task.
+      model_def: the SFT model's static part.
+      ref_params: its parameters.
+      num: sequences sampled from the true chain.
+    """
     key = jax.random.fold_in(data.key_sft, -1 % (2**31))
     ids = np.asarray(synthetic.sample_prompts(key, data.task, num, data.seq_len))
     ones = np.ones_like(ids, dtype=np.int32)
@@ -339,6 +381,11 @@ def token_task_optimum(data: TokenTaskData, beta: float, eval_pairs) -> dict[str
     chain on `data.eval_prompts`, `KL(pi* || pi_ref)`, the mean soft value `V*(x)`, the implicit
     rewards of the held-out pairs under `pi*`, their token-credit Spearman, and
     `token_implicit_optimum` (`[2N, L]` per-token implicit rewards, chosen then rejected).
+
+    Args:
+      data: the task.
+      beta: the KL coefficient of the optimum.
+      eval_pairs: held-out pairs (`sample_token_pairs` fields).
     """
     task, length = data.task, data.length
     star = envs.token_optimal_policy_logits(task, beta=beta, length=length)
@@ -376,6 +423,9 @@ class ChosenRows:
     """SFT batches from a pair pipeline: the chosen rows, their completions trained.
 
     Wraps a `jaxpref.data.preference_pipeline` iterator and keeps its resumable state.
+
+    Args:
+      it: the pair pipeline's iterator (`[2B, T]` batches, chosen rows first).
     """
 
     def __init__(self, it):
@@ -399,7 +449,11 @@ class ChosenRows:
         return self.it.get_state()
 
     def set_state(self, state):
-        """Restores the wrapped pipeline's state."""
+        """Restores the wrapped pipeline's state.
+
+        Args:
+          state: a state from `get_state`.
+        """
         self.it.set_state(state)
 
 
@@ -439,7 +493,11 @@ class HeldOutEvaluator:
         self.key = jax.random.key(seed + 1)
 
     def __call__(self, params) -> dict[str, float]:
-        """The metrics of the policy with parameters `params`."""
+        """The metrics of the policy with parameters `params`.
+
+        Args:
+          params: the policy's parameters.
+        """
         seq = self.beta * (np.asarray(self.seq_logps(params, self.batch)) - self.ref_seq)
         half = seq.shape[0] // 2
         chosen, rejected = seq[:half][self.pair_mask], seq[half:][self.pair_mask]
@@ -494,7 +552,12 @@ class ModelSpec:
     seed: int = 0
 
     def build(self, vocab_size: int, max_seq_len: int):
-        """A freshly initialised `jaxpref.models.Transformer` of this shape."""
+        """A freshly initialised `jaxpref.models.Transformer` of this shape.
+
+        Args:
+          vocab_size: tokens of the vocabulary.
+          max_seq_len: longest sequence (positions).
+        """
         from flax import nnx
 
         from jaxpref.models import Transformer, preset
@@ -750,7 +813,15 @@ class PreferenceFile:
         )
 
     def batches(self, records, batch_size: int, seed: int, *, shuffle=True, epochs=None):
-        """A resumable `jaxpref.data.preference_pipeline` over `records` (`[2B, T]` batches)."""
+        """A resumable `jaxpref.data.preference_pipeline` over `records` (`[2B, T]` batches).
+
+        Args:
+          records: the records to tokenize and batch.
+          batch_size: pairs per batch.
+          seed: seed of the shuffle.
+          shuffle: shuffle each epoch.
+          epochs: epochs (None: forever).
+        """
         from jaxpref.data import preference_pipeline
 
         return preference_pipeline(
