@@ -37,7 +37,15 @@ class ScalarHead(nnx.Module):
         self.bias = constant_param((), (), param_dtype, value=0.0)
 
     def __call__(self, hidden: jax.Array) -> jax.Array:
-        """`[B, T, D]` hidden states -> `[B, T]` float32 scalars."""
+        """`[B, T, D]` hidden states -> `[B, T]` float32 scalars.
+
+        Args:
+          hidden: `[B, T, D]` hidden states (any float dtype; the kernel is cast to it and the sum
+            is accumulated in float32).
+
+        Returns:
+          `[B, T]` float32 scalars, one per token.
+        """
         check_rank(hidden, "hidden", 3, fn="ScalarHead")
         w = self.kernel[...].astype(hidden.dtype)
         out = jnp.einsum("btd,d->bt", hidden, w, preferred_element_type=jnp.float32)
@@ -76,18 +84,45 @@ class ScalarHeadModel(nnx.Module):
 
     @classmethod
     def from_backbone(cls, backbone: Transformer, *, rngs: nnx.Rngs) -> ScalarHeadModel:
-        """Puts a fresh head on an existing trunk (e.g. a language model from `from_hf`)."""
+        """Puts a fresh head on an existing trunk (e.g. a language model from `from_hf`).
+
+        Args:
+          backbone: the trunk to reuse (shared, not copied); its config becomes the model's.
+          rngs: random streams for the new head.
+
+        Returns:
+          A `ScalarHeadModel` with `backbone` as its trunk and a freshly initialised head.
+        """
         return cls(backbone.config, rngs=rngs, backbone=backbone)
 
     def __call__(self, input_ids, attention_mask=None, *, positions=None, segment_ids=None):
-        """`[B, T]` float32 scalar per token (arguments as in `Transformer.__call__`)."""
+        """`[B, T]` float32 scalar per token (arguments as in `Transformer.__call__`).
+
+        Args:
+          input_ids: `[B, T]` int token ids.
+          attention_mask: optional `[B, T]` mask, 1 at real tokens (padding on any side).
+          positions: optional `[B, T]` positions (default: `default_positions`).
+          segment_ids: optional `[B, T]` ids of packed segments.
+
+        Returns:
+          `[B, T]` float32 scalars.
+        """
         hidden = self.backbone.hidden_states(
             input_ids, attention_mask, positions=positions, segment_ids=segment_ids
         )
         return self.head(hidden)
 
     def score(self, input_ids, attention_mask) -> jax.Array:
-        """`[B]` float32 scalar at the last real token of each row (a sequence reward)."""
+        """`[B]` float32 scalar at the last real token of each row (a sequence reward).
+
+        Args:
+          input_ids: `[B, T]` int token ids.
+          attention_mask: `[B, T]` mask, 1 at real tokens (padding on any side); it also picks
+            the last real token of each row (`last_valid`).
+
+        Returns:
+          `[B]` float32 scalars; 0 for a fully masked row.
+        """
         return last_valid(self(input_ids, attention_mask), attention_mask)
 
 

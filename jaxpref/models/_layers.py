@@ -165,7 +165,17 @@ class Dense(nnx.Module):
         )
 
     def __call__(self, equation: str, x: jax.Array) -> jax.Array:
-        """Applies `einsum(equation, x, W) + b` in the compute dtype."""
+        """Applies `einsum(equation, x, W) + b` in the compute dtype.
+
+        Args:
+          equation: einsum equation with two operands, `x` then the kernel `W` (e.g.
+            `"btd,df->btf"`); the bias is broadcast against the trailing axes of the result.
+          x: input array whose axes match the first operand of `equation` (e.g. `[B, T, D]`
+            activations); cast to the compute dtype.
+
+        Returns:
+          The result of `equation` (e.g. `[B, T, F]`) in the compute dtype.
+        """
         x = x.astype(self.dtype)
         w = self.kernel[...].astype(self.dtype)
         split = _matmul_split(equation)
@@ -223,7 +233,14 @@ class RMSNorm(nnx.Module):
         self.scale = constant_param((dim,), ("norm",), param_dtype, value=1.0)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Normalises `[..., D]` inputs."""
+        """Normalises `[..., D]` inputs.
+
+        Args:
+          x: `[..., D]` inputs (any float dtype; statistics in float32).
+
+        Returns:
+          `[..., D]` normalised values in the compute dtype.
+        """
         return _normalise(x.astype(jnp.float32), self.scale, None, self.eps, self.dtype)
 
 
@@ -250,7 +267,14 @@ class LayerNorm(RMSNorm):
         self.bias = constant_param((dim,), ("norm",), param_dtype, value=0.0)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Normalises `[..., D]` inputs."""
+        """Normalises `[..., D]` inputs.
+
+        Args:
+          x: `[..., D]` inputs (any float dtype; centred and normalised in float32).
+
+        Returns:
+          `[..., D]` normalised values in the compute dtype.
+        """
         x = x.astype(jnp.float32)
         x = x - jnp.mean(x, axis=-1, keepdims=True)
         return _normalise(x, self.scale, self.bias, self.eps, self.dtype)
@@ -445,7 +469,14 @@ class Mlp(nnx.Module):
         self.activation = c.activation
 
     def __call__(self, x):
-        """Applies the MLP to `[B, T, D]` inputs."""
+        """Applies the MLP to `[B, T, D]` inputs.
+
+        Args:
+          x: `[B, T, D]` normalised activations.
+
+        Returns:
+          `[B, T, D]` outputs in the compute dtype.
+        """
         act = _activation(self.activation)
         up = self.up("btd,df->btf", x)
         hidden = act(self.gate("btd,df->btf", x)) * up if self.gated else act(up)
@@ -478,7 +509,18 @@ class Block(nnx.Module):
         self.mlp = Mlp(c, rngs=rngs)
 
     def __call__(self, x, positions, mask, kv=None):
-        """Runs the block; see `Attention.__call__` for the arguments and the cache."""
+        """Runs the block; see `Attention.__call__` for the arguments and the cache.
+
+        Args:
+          x: `[B, T, D]` residual-stream activations (not normalised; the block normalises).
+          positions: `[B, T]` integer positions (rotary family only).
+          mask: `[B, T, S]` bool, True where query `t` may read key slot `s`.
+          kv: None, or `(k_cache, v_cache, index)` with caches `[B, S, K, H]`, as in
+            `Attention.__call__`.
+
+        Returns:
+          `([B, T, D] output, (k_cache, v_cache) or None)`.
+        """
         h, new_kv = self.attn(self.attn_norm(x), positions, mask, kv)
         x = x + h
         x = x + self.mlp(self.mlp_norm(x))

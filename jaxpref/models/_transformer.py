@@ -283,7 +283,17 @@ class Transformer(nnx.Module):
         return jnp.einsum("btd,dv->btv", hidden, w, preferred_element_type=jnp.float32)
 
     def init_cache(self, batch_size: int, max_length: int, *, dtype=None) -> KVCache:
-        """An empty `KVCache` with `max_length` slots per row (compute dtype by default)."""
+        """An empty `KVCache` with `max_length` slots per row (compute dtype by default).
+
+        Args:
+          batch_size: number of rows `B`.
+          max_length: number of cache slots `S` per row (prompt plus generated tokens).
+          dtype: dtype of the key and value caches (default: the compute dtype).
+
+        Returns:
+          A `KVCache` with per-layer zero keys and values `[B, S, K, H]`, an all-False `[B, S]`
+          slot mask and write index 0.
+        """
         c = self.config
         dtype = c.compute_jnp_dtype if dtype is None else dtype
         shape = (batch_size, max_length, c.kv_heads, c.head_size)

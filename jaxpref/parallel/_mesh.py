@@ -36,7 +36,18 @@ class MeshConfig:
     tensor: int = 1
 
     def shape(self, num_devices: int) -> tuple[int, int, int]:
-        """Resolves -1 and checks that the sizes multiply to `num_devices`."""
+        """Resolves -1 and checks that the sizes multiply to `num_devices`.
+
+        Args:
+          num_devices: number of devices the mesh spans.
+
+        Returns:
+          `(data, fsdp, tensor)` sizes, with a -1 replaced by the devices left over.
+
+        Raises:
+          ValueError: more than one -1, a size that is 0 or below -1, or sizes that do not
+            multiply to `num_devices`.
+        """
         sizes = [self.data, self.fsdp, self.tensor]
         if sizes.count(-1) > 1:
             raise ValueError(f"MeshConfig: at most one axis may be -1, got {sizes}.")

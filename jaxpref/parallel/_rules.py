@@ -50,7 +50,16 @@ class ShardingRules:
     batch: tuple[str, ...] = ("data", "fsdp")
 
     def mesh_axes(self, logical_name: str | None) -> MeshAxes:
-        """Mesh axes of a logical name (None: replicated)."""
+        """Mesh axes of a logical name (None: replicated).
+
+        Args:
+          logical_name: a parameter's logical axis name (e.g. `"mlp"`), or None for an axis
+            without one.
+
+        Returns:
+          The mesh axis name or tuple of names from `params`; None (replicated) for a name not
+          listed there, or for None.
+        """
         for name, axes in self.params:
             if name == logical_name:
                 return axes

@@ -280,19 +280,52 @@ class IterativeSolver:
     throw: bool = False
 
     def init(self, x0, *args):  # pragma: no cover - abstract
-        """Returns the initial state at `x0`."""
+        """Returns the initial state at `x0`.
+
+        Args:
+          x0: initial point (pytree).
+          *args: positional arguments of the user function(s) (pytrees of arrays).
+
+        Returns:
+          The solver's state (a NamedTuple with at least `num_steps` and `error`).
+        """
         raise NotImplementedError
 
     def step(self, x, state, *args):  # pragma: no cover - abstract
-        """Performs one iteration; returns `(x, state)`."""
+        """Performs one iteration; returns `(x, state)`.
+
+        Args:
+          x: current point (pytree shaped like `x0`).
+          state: current state (from `init` or the previous `step`).
+          *args: positional arguments of the user function(s) (pytrees of arrays).
+
+        Returns:
+          `(x_next, state_next)`.
+        """
         raise NotImplementedError
 
     def optimality_fun(self, x, *args):  # pragma: no cover - abstract
-        """Optimality residual, zero at the solution."""
+        """Optimality residual, zero at the solution.
+
+        Args:
+          x: point at which to evaluate the residual (pytree shaped like `x0`).
+          *args: positional arguments of the user function(s) (pytrees of arrays).
+
+        Returns:
+          The residual, a pytree shaped like `x` (what `ImplicitAdjoint` differentiates).
+        """
         raise NotImplementedError
 
     def aux_fun(self, x, *args):
-        """Auxiliary output at `x` (None by default)."""
+        """Auxiliary output at `x` (None by default).
+
+        Args:
+          x: point (pytree shaped like `x0`), typically the solution.
+          *args: positional arguments of the user function(s) (pytrees of arrays).
+
+        Returns:
+          The auxiliary output (`Solution.aux`); None here.
+        """
         del x, args
         return None
 

@@ -38,11 +38,27 @@ class _FixedPointMap:
         return out[0] if self.has_aux else out
 
     def optimality_fun(self, x, *args):
-        """Fixed-point residual `T(x, *args) - x`."""
+        """Fixed-point residual `T(x, *args) - x`.
+
+        Args:
+          x: point (pytree shaped like `x0`).
+          *args: positional arguments of `T` (pytrees of arrays).
+
+        Returns:
+          `T(x, *args) - x`, shaped like `x`.
+        """
         return jax.tree.map(jnp.subtract, self._map(x, *args), x)
 
     def aux_fun(self, x, *args):
-        """Auxiliary output of `T` at `x` (None unless `has_aux`)."""
+        """Auxiliary output of `T` at `x` (None unless `has_aux`).
+
+        Args:
+          x: point (pytree shaped like `x0`), typically the solution.
+          *args: positional arguments of `T` (pytrees of arrays).
+
+        Returns:
+          The second output of `T(x, *args)` when `has_aux`, else None.
+        """
         return self.fixed_point_fun(x, *args)[1] if self.has_aux else None
 
 
@@ -93,11 +109,29 @@ class FixedPointIteration(_FixedPointMap, IterativeSolver):
         return FixedPointState(num_steps, tree_l2_norm(jax.tree.map(jnp.subtract, nxt, x)), nxt)
 
     def init(self, x0, *args) -> FixedPointState:
-        """Evaluates `T(x0)`."""
+        """Evaluates `T(x0)`.
+
+        Args:
+          x0: initial point (pytree).
+          *args: positional arguments of `T` (pytrees of arrays).
+
+        Returns:
+          A `FixedPointState` with 0 steps, `next_value = T(x0, *args)` and the residual norm.
+        """
         return self._state(x0, jnp.int32(0), *args)
 
     def step(self, x, state: FixedPointState, *args):
-        """Moves to `T(x)`; returns `(x_next, state_next)`."""
+        """Moves to `T(x)`; returns `(x_next, state_next)`.
+
+        Args:
+          x: current point (pytree shaped like `x0`); not read, since `state.next_value` already
+            holds `T(x)`.
+          state: current state (from `init` or the previous `step`).
+          *args: positional arguments of `T` (pytrees of arrays).
+
+        Returns:
+          `(x_next, state_next)` with `x_next = state.next_value` and `T(x_next)` evaluated.
+        """
         x = state.next_value
         return x, self._state(x, state.num_steps + 1, *args)
 
@@ -162,7 +196,16 @@ class AndersonAcceleration(_FixedPointMap, IterativeSolver):
     has_aux: bool = False
 
     def init(self, x0, *args) -> AndersonState:
-        """Evaluates `T(x0)` and allocates an empty history."""
+        """Evaluates `T(x0)` and allocates an empty history.
+
+        Args:
+          x0: initial point (pytree; flattened to `n` entries for the history).
+          *args: positional arguments of `T` (pytrees of arrays).
+
+        Returns:
+          An `AndersonState` with 0 steps, `next_value = T(x0, *args)`, the residual norm and
+          zero `[m, n]` histories `xs`, `gs`.
+        """
         nxt = self._map(x0, *args)
         flat, _ = ravel_pytree(x0)
         hist = jnp.zeros((self.history_size, flat.shape[0]), flat.dtype)
@@ -170,7 +213,18 @@ class AndersonAcceleration(_FixedPointMap, IterativeSolver):
         return AndersonState(jnp.int32(0), error, nxt, hist, hist)
 
     def step(self, x, state: AndersonState, *args):
-        """One Anderson update; returns `(x_next, state_next)`."""
+        """One Anderson update; returns `(x_next, state_next)`.
+
+        Args:
+          x: current point (pytree shaped like `x0`); stored with `state.next_value = T(x)` in
+            the `[m, n]` history ring buffer.
+          state: current state (from `init` or the previous `step`).
+          *args: positional arguments of `T` (pytrees of arrays).
+
+        Returns:
+          `(x_next, state_next)` with `x_next` the mixed Anderson extrapolation and `T(x_next)`
+          evaluated.
+        """
         x_flat, unravel = ravel_pytree(x)
         g_flat, _ = ravel_pytree(state.next_value)
         slot = state.num_steps % self.history_size

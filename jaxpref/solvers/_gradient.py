@@ -50,13 +50,29 @@ class _Objective:
         return jax.value_and_grad(self._objective)(x, *args)
 
     def optimality_fun(self, x, *args):
-        """Stationarity residual `grad_x fun(x, *args)`."""
+        """Stationarity residual `grad_x fun(x, *args)`.
+
+        Args:
+          x: point (pytree shaped like `x0`).
+          *args: positional arguments of `fun` (pytrees of arrays).
+
+        Returns:
+          The gradient of the objective at `x`, shaped like `x`.
+        """
         if trace_memo(self) is not None:
             return self._value_and_grad(x, *args)[1]  # reuses the solver's traced gradient
         return jax.grad(self._objective)(x, *args)
 
     def aux_fun(self, x, *args):
-        """Auxiliary output of `fun` at `x` (None unless `has_aux`)."""
+        """Auxiliary output of `fun` at `x` (None unless `has_aux`).
+
+        Args:
+          x: point (pytree shaped like `x0`), typically the solution.
+          *args: positional arguments of `fun` (pytrees of arrays).
+
+        Returns:
+          The second output of `fun(x, *args)` when `has_aux`, else None.
+        """
         return self.fun(x, *args)[1] if self.has_aux else None
 
 
@@ -112,12 +128,30 @@ class GradientDescent(_Objective, IterativeSolver):
     has_aux: bool = False
 
     def init(self, x0, *args) -> GradientDescentState:
-        """Evaluates the objective and gradient at `x0`."""
+        """Evaluates the objective and gradient at `x0`.
+
+        Args:
+          x0: initial point (pytree).
+          *args: positional arguments of `fun` (pytrees of arrays).
+
+        Returns:
+          A `GradientDescentState` with 0 steps and the value, gradient and gradient norm at `x0`.
+        """
         value, grad = self._value_and_grad(x0, *args)
         return GradientDescentState(jnp.int32(0), tree_l2_norm(grad), value, grad)
 
     def step(self, x, state: GradientDescentState, *args):
-        """One gradient step; returns `(x_next, state_next)`."""
+        """One gradient step; returns `(x_next, state_next)`.
+
+        Args:
+          x: current point (pytree shaped like `x0`).
+          state: current state; its `grad` is the gradient at `x`.
+          *args: positional arguments of `fun` (pytrees of arrays).
+
+        Returns:
+          `(x_next, state_next)` with `x_next = x - learning_rate * state.grad` and the value and
+          gradient at `x_next`.
+        """
         x = jax.tree.map(lambda p, g: p - self.learning_rate * g, x, state.grad)
         value, grad = self._value_and_grad(x, *args)
         return x, GradientDescentState(state.num_steps + 1, tree_l2_norm(grad), value, grad)
@@ -152,13 +186,31 @@ class _OptaxLoop(_Objective):
         raise NotImplementedError
 
     def init(self, x0, *args) -> OptaxMinimiserState:
-        """Initialises the optimizer state and evaluates the objective at `x0`."""
+        """Initialises the optimizer state and evaluates the objective at `x0`.
+
+        Args:
+          x0: initial point (pytree).
+          *args: positional arguments of `fun` (pytrees of arrays).
+
+        Returns:
+          An `OptaxMinimiserState` with 0 steps, the value and gradient at `x0` and a fresh
+          optimizer state.
+        """
         opt_state = self._transformation().init(x0)
         value, grad = self._value_and_grad(x0, *args)
         return OptaxMinimiserState(jnp.int32(0), tree_l2_norm(grad), value, grad, opt_state)
 
     def step(self, x, state: OptaxMinimiserState, *args):
-        """One optimizer update; returns `(x_next, state_next)`."""
+        """One optimizer update; returns `(x_next, state_next)`.
+
+        Args:
+          x: current point (pytree shaped like `x0`).
+          state: current state; its `value` and `grad` are those at `x`.
+          *args: positional arguments of `fun` (pytrees of arrays).
+
+        Returns:
+          `(x_next, state_next)` after one `optimizer.update` and `optax.apply_updates`.
+        """
         optimizer = self._transformation()
 
         def value_fn(p):
@@ -344,18 +396,57 @@ class ProjectedGradient(_Objective, IterativeSolver):
         return ProjectedGradientState(num_steps, tree_l2_norm(diff) / self.learning_rate, nxt)
 
     def init(self, x0, hyperparams_proj, *args) -> ProjectedGradientState:
-        """Computes the first projected step from `x0`."""
+        """Computes the first projected step from `x0`.
+
+        Args:
+          x0: initial point (pytree).
+          hyperparams_proj: hyperparameters of `projection` (pytree, e.g. a radius).
+          *args: positional arguments of `fun` (pytrees of arrays).
+
+        Returns:
+          A `ProjectedGradientState` with 0 steps, `next_value = proj(x0 - eta grad f(x0), hp)`
+          and the gradient-mapping norm.
+        """
         return self._state(x0, jnp.int32(0), hyperparams_proj, *args)
 
     def step(self, x, state: ProjectedGradientState, hyperparams_proj, *args):
-        """Moves to the stored projected step; returns `(x_next, state_next)`."""
+        """Moves to the stored projected step; returns `(x_next, state_next)`.
+
+        Args:
+          x: current point (pytree shaped like `x0`); not read, since `state.next_value` already
+            holds its projected step.
+          state: current state (from `init` or the previous `step`).
+          hyperparams_proj: hyperparameters of `projection` (pytree, e.g. a radius).
+          *args: positional arguments of `fun` (pytrees of arrays).
+
+        Returns:
+          `(x_next, state_next)` with `x_next = state.next_value` and its projected step computed.
+        """
         x = state.next_value
         return x, self._state(x, state.num_steps + 1, hyperparams_proj, *args)
 
     def optimality_fun(self, x, hyperparams_proj, *args):
-        """Fixed-point residual `proj(x - eta grad f(x), hp) - x`."""
+        """Fixed-point residual `proj(x - eta grad f(x), hp) - x`.
+
+        Args:
+          x: point (pytree shaped like `x0`).
+          hyperparams_proj: hyperparameters of `projection` (pytree, e.g. a radius).
+          *args: positional arguments of `fun` (pytrees of arrays).
+
+        Returns:
+          The residual, shaped like `x`.
+        """
         return jax.tree.map(lambda a, b: a - b, self._map(x, hyperparams_proj, *args), x)
 
     def aux_fun(self, x, hyperparams_proj, *args):
-        """Auxiliary output of `fun` at `x` (None unless `has_aux`)."""
+        """Auxiliary output of `fun` at `x` (None unless `has_aux`).
+
+        Args:
+          x: point (pytree shaped like `x0`), typically the solution.
+          hyperparams_proj: hyperparameters of `projection` (not used by `fun`).
+          *args: positional arguments of `fun` (pytrees of arrays).
+
+        Returns:
+          The second output of `fun(x, *args)` when `has_aux`, else None.
+        """
         return self.fun(x, *args)[1] if self.has_aux else None

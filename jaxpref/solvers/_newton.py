@@ -70,20 +70,54 @@ class Newton(IterativeSolver):
         return out[0] if self.has_aux else out
 
     def optimality_fun(self, x, *args):
-        """The root function `F(x, *args)`."""
+        """The root function `F(x, *args)`.
+
+        Args:
+          x: point (pytree shaped like `x0`).
+          *args: positional arguments of `F` (pytrees of arrays).
+
+        Returns:
+          `F(x, *args)` shaped like `x` (without the auxiliary output when `has_aux`).
+        """
         return self._residual(x, *args)
 
     def aux_fun(self, x, *args):
-        """Auxiliary output of `F` at `x` (None unless `has_aux`)."""
+        """Auxiliary output of `F` at `x` (None unless `has_aux`).
+
+        Args:
+          x: point (pytree shaped like `x0`), typically the solution.
+          *args: positional arguments of `F` (pytrees of arrays).
+
+        Returns:
+          The second output of `F(x, *args)` when `has_aux`, else None.
+        """
         return self.fun(x, *args)[1] if self.has_aux else None
 
     def init(self, x0, *args) -> NewtonState:
-        """Evaluates `F(x0)`."""
+        """Evaluates `F(x0)`.
+
+        Args:
+          x0: initial point (pytree).
+          *args: positional arguments of `F` (pytrees of arrays).
+
+        Returns:
+          A `NewtonState` with 0 steps, the residual `F(x0, *args)` and its norm.
+        """
         residual = self._residual(x0, *args)
         return NewtonState(jnp.int32(0), tree_l2_norm(residual), residual)
 
     def step(self, x, state: NewtonState, *args):
-        """One Newton step; returns `(x_next, state_next)`."""
+        """One Newton step; returns `(x_next, state_next)`.
+
+        Args:
+          x: current point (pytree shaped like `x0`).
+          state: current state; its `residual` is `F(x, *args)`.
+          *args: positional arguments of `F` (pytrees of arrays).
+
+        Returns:
+          `(x_next, state_next)` with `x_next = x + step_size * delta`, `delta` the solution of
+          `J(x) delta = -F(x)` by `linear_solve`.
+        """
 
         def matvec(t):
             return jax.jvp(lambda y: self._residual(y, *args), (x,), (t,))[1]

@@ -129,7 +129,15 @@ class SSO(IterativeSolver):
         return self.target_loss(self.model_fn(theta, *args), *args)
 
     def optimality_fun(self, theta, *args):
-        """True gradient `grad_theta l(f(theta, *args), *args)`."""
+        """True gradient `grad_theta l(f(theta, *args), *args)`.
+
+        Args:
+          theta: parameters (pytree shaped like `theta0`).
+          *args: positional arguments of `model_fn` and `target_loss` (pytrees of arrays).
+
+        Returns:
+          The gradient with respect to `theta`, shaped like `theta`.
+        """
         return jax.grad(self._objective)(theta, *args)
 
     def _state(self, theta, num_steps, *args) -> SSOState:
@@ -139,11 +147,30 @@ class SSO(IterativeSolver):
         return SSOState(num_steps, error, value, z, grad_z)
 
     def init(self, theta0, *args) -> SSOState:
-        """Makes the first expensive call at `theta0`."""
+        """Makes the first expensive call at `theta0`.
+
+        Args:
+          theta0: initial parameters (pytree).
+          *args: positional arguments of `model_fn` and `target_loss` (pytrees of arrays).
+
+        Returns:
+          An `SSOState` with 0 steps and the targets `f(theta0)`, loss, target-space gradient
+          and true gradient norm there.
+        """
         return self._state(theta0, jnp.int32(0), *args)
 
     def step(self, theta, state: SSOState, *args):
-        """`inner_steps` surrogate updates, then one expensive call; returns `(theta, state)`."""
+        """`inner_steps` surrogate updates, then one expensive call; returns `(theta, state)`.
+
+        Args:
+          theta: current parameters (pytree shaped like `theta0`), the surrogate's anchor.
+          state: current state; its `targets` and `target_grad` define the surrogate.
+          *args: positional arguments of `model_fn` and `target_loss` (pytrees of arrays).
+
+        Returns:
+          `(theta_next, state_next)`: the parameters after `inner_steps` updates of
+          `inner_optimizer` (whose state starts fresh) and the expensive call there.
+        """
 
         def surrogate(p):
             z = self.model_fn(p, *args)

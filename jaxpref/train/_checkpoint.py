@@ -504,7 +504,15 @@ class TrainCheckpointer:
         return None
 
     def reached_preemption(self, step: int) -> bool:
-        """Whether JAX's preemption service asks every process to save at `step` (multi-host)."""
+        """Whether JAX's preemption service asks every process to save at `step` (multi-host).
+
+        Args:
+          step: the current training step (number of updates applied).
+
+        Returns:
+          True when a preemption notice was received and `step` is the step at which every
+          process agreed to save.
+        """
         return bool(self._manager.reached_preemption(step))
 
     def wait(self) -> None:

@@ -73,7 +73,12 @@ class DataIterator(Protocol):
         """The current position."""
 
     def set_state(self, state: Any) -> None:
-        """Moves to a position returned by `get_state`."""
+        """Moves to a position returned by `get_state`.
+
+        Args:
+          state: a value returned by `get_state` (JSON-compatible or bytes), e.g. read back from
+            a checkpoint.
+        """
 
 
 class IndexedIterator:
@@ -115,7 +120,12 @@ class IndexedIterator:
         return {"index": self.index}
 
     def set_state(self, state: Mapping) -> None:
-        """Sets the index of the next batch."""
+        """Sets the index of the next batch.
+
+        Args:
+          state: a mapping with key `"index"` (as returned by `get_state`), the index of the
+            next batch.
+        """
         self.index = int(state["index"])
 
 

@@ -159,7 +159,11 @@ class MetricLogger:
             )
 
     def advance(self, n: int = 1) -> None:
-        """Moves the progress bar by `n` steps."""
+        """Moves the progress bar by `n` steps.
+
+        Args:
+          n: number of steps to advance (no effect without a progress bar, e.g. off process 0).
+        """
         if self._bar is not None:
             self._bar.update(n)
 
@@ -203,7 +207,11 @@ class MetricLogger:
         return record
 
     def message(self, text: str) -> None:
-        """Prints a line to stdout (above the progress bar) on process 0."""
+        """Prints a line to stdout (above the progress bar) on process 0.
+
+        Args:
+          text: the line to print (printed whether or not `config.stdout` is on).
+        """
         if not self.primary:
             return
         if self._bar is not None:

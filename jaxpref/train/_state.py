@@ -76,7 +76,15 @@ class ModelDef:
     param_metadata: Any
 
     def merge(self, params) -> nnx.Module:
-        """The module with `params` (a dict from `split_model` or a `TrainState`) in place."""
+        """The module with `params` (a dict from `split_model` or a `TrainState`) in place.
+
+        Args:
+          params: parameters as a nested dict of arrays in the layout of `split_model`, e.g.
+            `TrainState.params`.
+
+        Returns:
+          A new `nnx.Module` with those parameters and the stored non-parameter variables.
+        """
         return nnx.merge(self.graphdef, params, self.rest)
 
     def abstract_params(self):
