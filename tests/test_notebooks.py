@@ -13,6 +13,12 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 # Text each notebook must print, beyond running without an error.
 EXPECTED_OUTPUT = {
     "implicit_irl": ("'TINY': True", "relative difference", "status: CONVERGED"),
+    "losses_tour": (
+        "bounded_sigmoid passes the registry-wide checks",
+        "'TINY': True",
+        "gold win rate vs reference:",
+        "gold-reward gap closed:",
+    ),
 }
 
 
