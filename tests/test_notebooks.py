@@ -12,7 +12,14 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 # Text each notebook must print, beyond running without an error.
 EXPECTED_OUTPUT = {
-    "implicit_irl": ("'TINY': True", "relative difference", "status: CONVERGED"),
+    "implicit_irl": (
+        "'TINY': True",
+        "relative difference",
+        "status: CONVERGED",
+        "implicit scratch is constant in K; unrolled scratch grows with K",
+        "hypergradient descent: lambda =",
+        "(grid step 0.2)",
+    ),
     "losses_tour": (
         "bounded_sigmoid passes the registry-wide checks",
         "'TINY': True",
