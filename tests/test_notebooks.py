@@ -26,6 +26,12 @@ EXPECTED_OUTPUT = {
         "gold win rate vs reference:",
         "gold-reward gap closed:",
     ),
+    "token_q_view": (
+        "'TINY': True",
+        "Spearman(implicit reward, gold credit): policy",
+        "sampled  beam search",
+        "exact optimum, sampled (expected)",
+    ),
 }
 
 
