@@ -32,6 +32,11 @@ EXPECTED_OUTPUT = {
         "sampled  beam search",
         "exact optimum, sampled (expected)",
     ),
+    "report_to_figure": (
+        "'TINY': True",
+        "report.json holds the schema's seven keys and equals the returned Report",
+        "sigmoid: curve ends at KL(pi* || pi) =",
+    ),
 }
 
 
