@@ -12,7 +12,31 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 # Text each notebook must print, beyond running without an error.
 EXPECTED_OUTPUT = {
-    "implicit_irl": ("'TINY': True", "relative difference", "status: CONVERGED"),
+    "implicit_irl": (
+        "'TINY': True",
+        "relative difference",
+        "status: CONVERGED",
+        "implicit scratch is constant in K; unrolled scratch grows with K",
+        "hypergradient descent: lambda =",
+        "(grid step 0.2)",
+    ),
+    "losses_tour": (
+        "bounded_sigmoid passes the registry-wide checks",
+        "'TINY': True",
+        "gold win rate vs reference:",
+        "gold-reward gap closed:",
+    ),
+    "token_q_view": (
+        "'TINY': True",
+        "Spearman(implicit reward, gold credit): policy",
+        "sampled  beam search",
+        "exact optimum, sampled (expected)",
+    ),
+    "report_to_figure": (
+        "'TINY': True",
+        "report.json holds the schema's seven keys and equals the returned Report",
+        "sigmoid: curve ends at KL(pi* || pi) =",
+    ),
 }
 
 
