@@ -283,8 +283,8 @@ def main(config: Config) -> kit.Report:
 
 def _plot_distance_to_optimum(path, rows) -> None:
     """One line per loss: KL(pi* || pi) along training, mean ± std over seeds."""
-    plt = kit.pyplot()
-    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    fig = kit.figure(figsize=(6.0, 3.8))
+    ax = fig.subplots()
     for row in rows:
         mean = np.asarray(row["kl_from_optimum_curve"]["mean"])
         std = np.asarray(row["kl_from_optimum_curve"]["std"])

@@ -28,7 +28,7 @@ modules and notebooks import it exactly as the bundled studies do.
 
 from jaxpref.experiment._cli import EXIT_STOPPED, EXIT_USAGE, cli, parse
 from jaxpref.experiment._errors import ConfigError, InputError, RunStopped, UsageError
-from jaxpref.experiment._plots import Panel, plot_panels, pyplot, save_figure
+from jaxpref.experiment._plots import Panel, figure, plot_panels, save_figure
 from jaxpref.experiment._report import (
     SCHEMA_VERSION,
     Markdown,
@@ -70,6 +70,7 @@ __all__ = [
     "config_diff",
     "environment",
     "escape",
+    "figure",
     "file_sha256",
     "fit_chunk_size",
     "flag_name",
@@ -81,7 +82,6 @@ __all__ = [
     "open_run_dir",
     "parse",
     "plot_panels",
-    "pyplot",
     "require_completed",
     "run_seeds",
     "save_figure",

@@ -1,4 +1,4 @@
-"""Plot helpers: a headless pyplot and one way to save figures."""
+"""Plot helpers: off-screen figures (no pyplot state) and one way to save them."""
 
 from __future__ import annotations
 
@@ -6,34 +6,40 @@ import os
 from collections.abc import Sequence
 from typing import NamedTuple
 
-__all__ = ["Panel", "plot_panels", "pyplot", "save_figure"]
+__all__ = ["Panel", "figure", "plot_panels", "save_figure"]
 
 
-def pyplot():
-    """`matplotlib.pyplot` on the non-interactive Agg backend (no display needed)."""
-    import matplotlib
+def figure(*, figsize: tuple[float, float] = (6.4, 4.8)):
+    """A new matplotlib `Figure`, drawn off screen without pyplot.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Reports draw on their own figures: no global backend is switched and no pyplot state is
+    touched, so inline figures in a notebook keep working after an experiment runs. Add axes
+    with `fig.subplots(...)`; save with `save_figure`.
 
-    return plt
+    Args:
+      figsize: width and height in inches.
+
+    Returns:
+      A `matplotlib.figure.Figure`.
+    """
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize)
 
 
 def save_figure(fig, path: str | os.PathLike, *, dpi: int = 110) -> None:
-    """Lays out, saves (PNG) and closes a figure; only process 0 writes.
+    """Lays out and saves a figure as PNG; only process 0 writes.
 
     Args:
-      fig: a matplotlib figure.
+      fig: a matplotlib figure (e.g. from `figure`).
       path: the PNG file.
       dpi: resolution.
     """
     import jax
 
-    plt = pyplot()
     if jax.process_index() == 0:
         fig.tight_layout()
         fig.savefig(path, dpi=dpi)
-    plt.close(fig)
 
 
 class Panel(NamedTuple):
@@ -67,10 +73,10 @@ def plot_panels(path: str | os.PathLike, panels: Sequence[Panel], *, cols: int =
     panels = [p for p in panels if len(p.x)]
     if not panels:
         return
-    plt = pyplot()
     cols = min(cols, len(panels))
     rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    fig = figure(figsize=(4.2 * cols, 3.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
     for ax, p in zip(axes.flat, panels, strict=False):

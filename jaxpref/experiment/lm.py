@@ -703,9 +703,8 @@ def plot_token_credit(path, eval_pairs, token_rewards, num_pairs: int = 4) -> No
       token_rewards: `[2N, L]` per-token implicit rewards, chosen rows then rejected.
       num_pairs: pairs shown.
     """
-    from jaxpref.experiment._plots import pyplot, save_figure
+    from jaxpref.experiment._plots import figure, save_figure
 
-    plt = pyplot()
     n = eval_pairs["chosen"].shape[0]
     rows_imp, rows_gold, labels = [], [], []
     for i in range(min(num_pairs, n)):
@@ -713,7 +712,8 @@ def plot_token_credit(path, eval_pairs, token_rewards, num_pairs: int = 4) -> No
             rows_imp.append(token_rewards[offset + i])
             rows_gold.append(eval_pairs[f"{name}_credit"][i])
             labels.append(f"pair {i} {name} (R={eval_pairs[f'{name}_reward'][i]:+.2f})")
-    fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(labels) + 1.6))
+    fig = figure(figsize=(12, 0.45 * len(labels) + 1.6))
+    axes = fig.subplots(1, 2)
     for ax, mat, title in (
         (axes[0], np.array(rows_imp), "per-token implicit reward beta log pi/pi_ref"),
         (axes[1], np.array(rows_gold), "gold per-token credit r(y_t-1, y_t)"),
@@ -1037,11 +1037,11 @@ def plot_implicit_rewards(path, eval_records: list[dict], exact: dict | None = N
         `implicit_reward_rejected`.
       exact: optional `implicit_reward_{chosen,rejected}_optimum` values.
     """
-    from jaxpref.experiment._plots import pyplot, save_figure
+    from jaxpref.experiment._plots import figure, save_figure
 
     exact = exact or {}
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig = figure(figsize=(5.5, 3.6))
+    ax = fig.subplots()
     xs = [0] + [r["step"] for r in eval_records]
     for which, color in (("chosen", "tab:blue"), ("rejected", "tab:red")):
         key = f"implicit_reward_{which}"

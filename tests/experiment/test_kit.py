@@ -265,3 +265,20 @@ def test_only_process_zero_writes(tmp_path, monkeypatch):
     kit.cached_arrays(tmp_path / "c.npz", {"k": "1"}, lambda: {"x": np.ones(2)})
     kit.guard_inputs(tmp_path / "stage", tmp_path / "ckpt", {"a": "b"})
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_report_figures_leave_matplotlib_state_alone(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, matplotlib\n"
+        "matplotlib.use('svg')\n"
+        "from jaxpref import experiment as kit\n"
+        f"kit.plot_panels({str(tmp_path / 'p.png')!r}, [kit.Panel('t', [1, 2], [3, 4], 'y')])\n"
+        "print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["svg", "False"]  # no backend switch, no pyplot state
+    assert (tmp_path / "p.png").stat().st_size > 0
