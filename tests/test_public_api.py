@@ -107,4 +107,4 @@ def test_install_requirements_of_the_pure_layer():
     assert "jaxpref[train,data]" in extras["experiments"]
     assert not any(d.startswith(("torch", "trl", "transformers")) for d in extras["experiments"])
     assert any(d.startswith("flax") for d in extras["train"])
-    assert set(extras["all"]) == {"jaxpref[experiments,dev]"}
+    assert set(extras["all"]) == {"jaxpref[experiments,dev,docs]"}
