@@ -4,7 +4,8 @@ Build: `.venv/bin/python -m sphinx -W -b html docs docs/_build/html`, then open
 `docs/_build/html/index.html`. The API reference is autodoc over the packages' docstrings
 (Google style, read by napoleon); `coverage_check` fails the build when a public name is missing
 from the reference or its docstring lacks `Args:` / `Attributes:`; the "Choosing a loss" page is
-generated from the loss registry; notebooks are rendered as stored, never executed.
+generated from the loss registry; notebooks are executed during the build (their tiny settings)
+and rendered with their outputs (`JAXPREF_DOCS_NOTEBOOKS=off` renders them as stored).
 """
 
 import os
@@ -50,8 +51,12 @@ autodoc_typehints = "signature"
 autodoc_typehints_format = "short"
 autodoc_preserve_defaults = True
 
-# Notebooks are shown with their stored outputs; the test suite executes them.
-nb_execution_mode = "off"
+# Notebooks run during the build, on their tiny settings (the kernels inherit the environment),
+# so the pages show real outputs; an error in a notebook fails the build.
+os.environ.setdefault("JAXPREF_NOTEBOOK_TINY", "1")
+nb_execution_mode = os.environ.get("JAXPREF_DOCS_NOTEBOOKS", "force")
+nb_execution_timeout = 900
+nb_execution_raise_on_error = True
 jaxpref_notebooks_dir = str(ROOT / "notebooks")
 
 coverage_check_packages = [

@@ -52,6 +52,9 @@ def test_docs_build_with_warnings_as_errors(tmp_path):
         assert jl.get(name).__name__ in guide, name
     for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):
         assert (out / "notebooks" / f"{notebook.stem}.html").is_file(), notebook.name
+    # Rendered with the outputs of a real execution: the experiment's own log lines.
+    report_page = (out / "notebooks" / "report_to_figure.html").read_text(encoding="utf-8")
+    assert 'class="output stream' in report_page and "[bandit_dpo]" in report_page
 
 
 def _fake_module(monkeypatch, name="fake_pkg"):

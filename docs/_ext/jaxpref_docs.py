@@ -7,7 +7,8 @@
   implementation module; the fields of NamedTuples and dataclasses are not repeated as members
   (their `Attributes:` section describes them).
 * At `builder-inited`: `losses_guide.rst` is generated from the loss registry, and
-  `notebooks/*.ipynb` of the repository are copied into `docs/notebooks/` (not executed).
+  `notebooks/*.ipynb` of the repository are copied into `docs/notebooks/` (myst-nb executes
+  them there, see `nb_execution_mode` in conf.py).
 """
 
 from __future__ import annotations
