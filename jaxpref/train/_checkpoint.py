@@ -27,6 +27,7 @@ import gc
 import json
 import logging
 import os
+import re
 import sys
 import time
 import warnings
@@ -304,7 +305,18 @@ def _unusable_reason(step_dir: epath.Path, err: Exception) -> str:
         return f"{'file' if len(empty) == 1 else 'files'} {shown} {verb} empty (truncated)"
     text = str(err).split(" See full TensorStore details:")[0]
     first = text.splitlines()[0][:300] if text else ""
+    # The status of a failed read (e.g. DATA_LOSS for a corrupt chunk) may sit past the first
+    # line of orbax's message: name it.
+    codes = [c for c in dict.fromkeys(_STATUS.findall(str(err))) if c not in first]
+    if codes:
+        first = f"{first} ({', '.join(codes)})"
     return f"{type(err).__name__}: {first}"
+
+
+_STATUS = re.compile(
+    r"\b(DATA_LOSS|INVALID_ARGUMENT|NOT_FOUND|FAILED_PRECONDITION|OUT_OF_RANGE|INTERNAL|"
+    r"UNKNOWN|UNIMPLEMENTED|PERMISSION_DENIED|RESOURCE_EXHAUSTED)\b"
+)
 
 
 class Restored(NamedTuple):

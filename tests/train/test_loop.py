@@ -405,3 +405,14 @@ def test_truncated_checkpoint_file_is_one_readable_warning(tiny_run_dir, pick):
     )
     assert expected in warning, warning
     assert glob.glob(str(run_dir / "checkpoints" / "8.corrupt-*"))
+
+
+def test_unusable_reason_names_a_read_status_past_the_first_line(tmp_path):
+    from etils import epath
+
+    from jaxpref.train._checkpoint import _unusable_reason
+
+    err = ValueError("Error reading array 'params.w'\nINTERNAL wrapper: DATA_LOSS: bad chunk")
+    reason = _unusable_reason(epath.Path(tmp_path), err)
+    assert reason == "ValueError: Error reading array 'params.w' (INTERNAL, DATA_LOSS)"
+    assert _unusable_reason(epath.Path(tmp_path), ValueError("x")) == "ValueError: x"
